@@ -1,0 +1,7 @@
+"""A Redis-backed fan-out broadcast hub for Server-Sent Events.
+
+Follow one event: `publisher/client.py` runs `hub/publish.lua`; the gateway's
+`hub/subscription.py` hears it, `hub/fanout.py` frames it once (`hub/sse.py`)
+and hands the bytes to every client stream (`hub/stream.py`), which
+`hub/app.py` serves; `hub/replay.py` fills in what a reconnecting client missed.
+"""

@@ -1,0 +1,142 @@
+"""Every setting of the hub, read from environment variables in one place.
+
+The gateway, the publisher library and the CLI all take a `Settings`; nothing
+else in the project reads the environment. `SETTINGS_HELP` is the table the
+README shows, so the documentation and the defaults cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value the hub cannot use."""
+
+
+def _setting(env: str, default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = _setting(
+        "HUB_REDIS_URL",
+        "",
+        "Redis to use (`redis://`, `rediss://`, `unix://`). Empty: the gateway starts an "
+        "embedded development server; the publisher uses redis://127.0.0.1:6379.",
+    )
+    host: str = _setting("HUB_HOST", "127.0.0.1", "Address the gateway listens on.")
+    port: int = _setting("HUB_PORT", 8000, "Port the gateway listens on.")
+    key_prefix: str = _setting(
+        "HUB_KEY_PREFIX", "sse:", "Prefix of every Redis key and channel the hub uses."
+    )
+    retention_maxlen: int = _setting(
+        "HUB_RETENTION_MAXLEN",
+        10_000,
+        "Events kept per topic for replay (approximate `MAXLEN`; 0 keeps all).",
+    )
+    retention_seconds: int = _setting(
+        "HUB_RETENTION_SECONDS",
+        0,
+        "Age bound of a topic's history in seconds (approximate `MINID`; 0 is no bound).",
+    )
+    max_event_bytes: int = _setting(
+        "HUB_MAX_EVENT_BYTES", 1_048_576, "Largest event data accepted, in bytes (UTF-8)."
+    )
+    heartbeat_seconds: float = _setting(
+        "HUB_HEARTBEAT_SECONDS", 15.0, "Interval of heartbeat comments on idle streams."
+    )
+    retry_ms: int = _setting(
+        "HUB_RETRY_MS", 3000, "Reconnection delay hint (`retry:`) sent to browsers."
+    )
+    client_buffer_bytes: int = _setting(
+        "HUB_CLIENT_BUFFER_BYTES",
+        1_048_576,
+        "Unsent bytes a client may fall behind by before it is disconnected "
+        "(it resumes from the stream when it reconnects).",
+    )
+    max_topics: int = _setting(
+        "HUB_MAX_TOPICS", 32, "Topics one connection may subscribe to."
+    )
+    cors_origins: tuple[str, ...] = _setting(
+        "HUB_CORS_ORIGINS",
+        (),
+        "Comma-separated origins allowed to connect from other sites (`*` for any).",
+    )
+    publish_token: str = _setting(
+        "HUB_PUBLISH_TOKEN",
+        "",
+        "Bearer token required by `POST /publish`; empty disables the endpoint.",
+    )
+    shutdown_seconds: float = _setting(
+        "HUB_SHUTDOWN_SECONDS",
+        10.0,
+        "On SIGTERM, the longest the gateway waits for streams to end before it exits.",
+    )
+    replay_page: int = _setting(
+        "HUB_REPLAY_PAGE", 1000, "Stream entries read per history read when replaying."
+    )
+    redis_timeout_seconds: float = _setting(
+        "HUB_REDIS_TIMEOUT_SECONDS",
+        5.0,
+        "Deadline of a Redis call, and of the subscription's health check.",
+    )
+    log_format: str = _setting("HUB_LOG_FORMAT", "text", "`text` or `json` log lines.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None or raw == "" and f.type != "str":
+                continue
+            values[f.name] = _parse(f.metadata["env"], f.type, raw)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        positive = {
+            "HUB_PORT": self.port,
+            "HUB_MAX_EVENT_BYTES": self.max_event_bytes,
+            "HUB_HEARTBEAT_SECONDS": self.heartbeat_seconds,
+            "HUB_CLIENT_BUFFER_BYTES": self.client_buffer_bytes,
+            "HUB_MAX_TOPICS": self.max_topics,
+            "HUB_REPLAY_PAGE": self.replay_page,
+            "HUB_REDIS_TIMEOUT_SECONDS": self.redis_timeout_seconds,
+        }
+        for env, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{env} must be positive, got {value}")
+        if self.retention_maxlen < 0 or self.retention_seconds < 0:
+            raise ConfigError("retention settings cannot be negative")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"HUB_LOG_FORMAT must be text or json, got {self.log_format!r}")
+
+
+def _parse(env: str, kind: str, raw: str) -> Any:
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "tuple[str, ...]":
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError:
+        raise ConfigError(f"{env} must be a {kind}, got {raw!r}") from None
+
+
+def settings_table() -> str:
+    """The configuration table, in Markdown, as the README shows it."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for f in fields(Settings):
+        default = f.default
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        rows.append(f"| `{f.metadata['env']}` | `{shown}` | {f.metadata['help']} |")
+    return "\n".join(rows)

@@ -1,0 +1,116 @@
+"""An event as Redis holds it: a stream entry, and the message announcing it.
+
+An event has a topic, an ID (its stream entry ID, `<ms>-<seq>`), the ID of the
+entry before it in the same stream, an optional type, and text data. Binary
+data travels as an RFC 2397 `data:` URL with base64 (see `binary_data`).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from typing import Final
+
+StreamId = tuple[int, int]
+"""A stream entry ID as the pair of integers it stands for: IDs compare as pairs."""
+
+ORIGIN: Final[StreamId] = (0, 0)
+_STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+EVENT_TYPE_MAX_LENGTH = 64
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9_\-.:/]{1,%d}" % EVENT_TYPE_MAX_LENGTH)
+
+
+class InvalidEvent(ValueError):
+    """An event the hub refuses: bad type, data too large, or undecodable."""
+
+
+def parse_id(text: str) -> StreamId:
+    """`'1700000000000-3'` -> `(1700000000000, 3)`; ValueError if it is not an ID."""
+    match = _STREAM_ID.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a stream ID: {text[:40]!r}")
+    return int(match[1]), int(match[2])
+
+
+def format_id(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
+
+
+def check_event_type(event_type: str) -> str:
+    """Return the type ('' is the default, `message`), or raise `InvalidEvent`."""
+    if event_type == "" or _EVENT_TYPE.fullmatch(event_type):
+        return event_type
+    raise InvalidEvent(
+        f"event type {event_type[:40]!r} must be 1-{EVENT_TYPE_MAX_LENGTH} characters "
+        "from A-Z a-z 0-9 _ - . / :"
+    )
+
+
+def check_data(data: str, max_bytes: int) -> str:
+    size = len(data.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidEvent(f"event data is {size} bytes, over the limit of {max_bytes}")
+    try:
+        data.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent("event data is not valid Unicode text") from None
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    topic: str
+    id: StreamId
+    prev: StreamId
+    type: str
+    data: str
+
+    @classmethod
+    def from_message(cls, topic: str, message: bytes) -> Event:
+        """Parse what the publish script announced on the topic's channel."""
+        sid, prev, etype, data = message.split(b"\n", 3)
+        return cls(
+            topic, parse_id(sid.decode()), parse_id(prev.decode()), etype.decode(), data.decode()
+        )
+
+    @classmethod
+    def from_entry(cls, topic: str, sid: bytes, entry: dict[bytes, bytes]) -> Event:
+        """Parse one stream entry as `XRANGE` returns it."""
+        return cls(
+            topic,
+            parse_id(sid.decode()),
+            parse_id(entry.get(b"p", b"0-0").decode()),
+            entry.get(b"t", b"").decode(),
+            entry.get(b"d", b"").decode(),
+        )
+
+
+BINARY_MEDIA_TYPE = "application/octet-stream"
+_DATA_URL = re.compile(r"data:([^,;]*)((?:;[^,;=]+=[^,;]*)*);base64,([A-Za-z0-9+/=]*)", re.S)
+
+
+def binary_data(payload: bytes, media_type: str = BINARY_MEDIA_TYPE, name: str = "") -> str:
+    """Binary payload as event data: `data:<type>[;name=<name>];base64,<payload>`.
+
+    A `data:` URL is something a browser can download or show as it is, and
+    `decode_binary` gives the exact bytes back.
+    """
+    params = f";name={_quote_param(name)}" if name else ""
+    return f"data:{media_type or BINARY_MEDIA_TYPE}{params};base64," + base64.b64encode(
+        payload
+    ).decode("ascii")
+
+
+def decode_binary(data: str) -> bytes | None:
+    """The bytes of a binary event's data, or None when the data is plain text."""
+    match = _DATA_URL.fullmatch(data)
+    if match is None:
+        return None
+    return base64.b64decode(match[3], validate=True)
+
+
+def _quote_param(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")

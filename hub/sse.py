@@ -1,0 +1,51 @@
+"""The Server-Sent Events wire format (WHATWG HTML, "Server-sent events").
+
+Frames are built once per event per process, as bytes, and the same bytes go
+to every client of the event's topic.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hub.events import Event, StreamId, format_id
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+HEARTBEAT = b":\n\n"
+RESET_EVENT_TYPE = "stream-reset"
+"""The event sent when a client's cursor is older than the history that is left."""
+
+
+def event_body(event_type: str, data: str) -> bytes:
+    """The `event:` and `data:` lines of a frame and its closing blank line.
+
+    Every line break in the data (`\\r\\n`, `\\r` or `\\n`) starts a new `data:`
+    line, which the browser joins back with `\\n`.
+    """
+    head = f"event: {event_type}\n" if event_type else ""
+    lines = _LINE_BREAK.split(data)
+    return (head + "".join(f"data: {line}\n" for line in lines) + "\n").encode("utf-8")
+
+
+def id_line(cursor: str) -> bytes:
+    return f"id: {cursor}\n".encode("ascii")
+
+
+def frame(event: Event) -> bytes:
+    """The whole frame of an event whose ID is its stream ID."""
+    return id_line(format_id(event.id)) + event_body(event.type, event.data)
+
+
+def retry(ms: int) -> bytes:
+    return f"retry: {ms}\n\n".encode("ascii")
+
+
+def comment(text: str) -> bytes:
+    return "".join(f": {line}\n" for line in _LINE_BREAK.split(text)).encode("utf-8") + b"\n"
+
+
+def reset_notice(topic: str, cursor: str, first_kept: StreamId | None) -> bytes:
+    """The in-band notice that events after a client's cursor are gone."""
+    kept = format_id(first_kept) if first_kept else ""
+    data = f'{{"topic":"{topic}","reason":"history-truncated","first_kept":"{kept}"}}'
+    return id_line(cursor) + event_body(RESET_EVENT_TYPE, data)

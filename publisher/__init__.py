@@ -1,0 +1,5 @@
+"""Publish events to the hub: append to a topic's stream and announce, atomically."""
+
+from publisher.client import AsyncPublisher, Publisher
+
+__all__ = ["AsyncPublisher", "Publisher"]
