@@ -95,7 +95,7 @@ class Settings:
             raw = environ.get(f.metadata["env"])
             if raw is None or raw == "" and f.type != "str":
                 continue
-            values[f.name] = _parse(f.metadata["env"], f.type, raw)
+            values[f.name] = _parse(f.metadata["env"], str(f.type), raw)
         settings = cls(**values)
         settings.check()
         return settings

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from dataclasses import dataclass
+
 from hub.events import Event, StreamId, format_id
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -31,9 +33,23 @@ def id_line(cursor: str) -> bytes:
     return f"id: {cursor}\n".encode("ascii")
 
 
-def frame(event: Event) -> bytes:
-    """The whole frame of an event whose ID is its stream ID."""
-    return id_line(format_id(event.id)) + event_body(event.type, event.data)
+@dataclass(frozen=True, slots=True)
+class Framed:
+    """An event with its wire bytes, built once and shared by every client.
+
+    `frame` is the whole frame with the stream ID as `id` (what a one-topic
+    connection sends); `body` is the frame without its `id:` line, for
+    connections whose cursor is a composite.
+    """
+
+    event: Event
+    body: bytes
+    frame: bytes
+
+    @classmethod
+    def of(cls, event: Event) -> Framed:
+        body = event_body(event.type, event.data)
+        return cls(event, body, id_line(format_id(event.id)) + body)
 
 
 def retry(ms: int) -> bytes:
@@ -44,8 +60,12 @@ def comment(text: str) -> bytes:
     return "".join(f": {line}\n" for line in _LINE_BREAK.split(text)).encode("utf-8") + b"\n"
 
 
-def reset_notice(topic: str, cursor: str, first_kept: StreamId | None) -> bytes:
-    """The in-band notice that events after a client's cursor are gone."""
+def reset_notice(topic: str, first_kept: StreamId | None) -> bytes:
+    """The in-band notice that events after a client's cursor are gone.
+
+    It carries no `id`, so the browser's cursor stays where it was until the
+    next real event.
+    """
     kept = format_id(first_kept) if first_kept else ""
     data = f'{{"topic":"{topic}","reason":"history-truncated","first_kept":"{kept}"}}'
-    return id_line(cursor) + event_body(RESET_EVENT_TYPE, data)
+    return event_body(RESET_EVENT_TYPE, data)

@@ -1,0 +1,3 @@
+from hub.main import main
+
+main()

@@ -1,0 +1,338 @@
+"""Fan-out: every event a topic receives goes, once framed, to each of its clients.
+
+Per topic the gateway keeps its `position`, the ID of the last event it
+delivered. A live event whose `prev` is not that position means events went
+missing (the subscription was down, Redis lost a message): live events are
+parked and the topic catches up from its stream first. So every client of a
+topic sees the topic's events in stream order, each once.
+
+A client that resumes from a cursor joins a topic in two steps: it is
+registered first (live events it would miss are kept for it), then it reads
+the history after its cursor, and it goes live where the history and the
+kept events meet. Subscribe first, then read: the other order loses events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+from hub import sse
+from hub.events import ORIGIN, Event, StreamId
+from hub.history import History
+from hub.sse import Framed
+from hub.stream import ClientStream
+from hub.subscription import Subscription
+from hub.topics import Keys
+
+log = logging.getLogger("hub.fanout")
+
+JOIN_PENDING_LIMIT = 10_000
+"""Live events kept for a client still replaying; past that it re-reads them from the stream."""
+
+
+class Unavailable(Exception):
+    """Redis did not answer in time."""
+
+
+@dataclass(eq=False)
+class Joiner:
+    """What a resuming client missed live while it read history."""
+
+    newest: StreamId
+    ticket: int
+    pending: list[Framed] = field(default_factory=list)
+
+    def add(self, framed: Framed) -> None:
+        self.newest = framed.event.id
+        if len(self.pending) < JOIN_PENDING_LIMIT:
+            self.pending.append(framed)
+        else:
+            self.pending.clear()
+
+
+@dataclass(eq=False)
+class Topic:
+    name: str
+    position: StreamId | None = None
+    backlog: list[Event] | None = field(default_factory=list)
+    simple: set[ClientStream] = field(default_factory=set)
+    composite: dict[ClientStream, int] = field(default_factory=dict)
+    joining: dict[ClientStream, Joiner] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: int = 0
+    catching_up: asyncio.Task[None] | None = None
+
+    def idle(self) -> bool:
+        return not (self.simple or self.composite or self.joining or self.waiters)
+
+
+@dataclass
+class Resume:
+    """A client's resumption of one topic, between registering and going live."""
+
+    topic: Topic
+    index: int
+    after: StreamId
+    first_page: list[Framed]
+    truncated: bool
+
+
+@dataclass
+class Counters:
+    events_received: int = 0
+    deliveries: int = 0
+    events_replayed: int = 0
+    gaps_filled: int = 0
+
+
+class Fanout:
+    def __init__(self, redis_url: str, keys: Keys, history: History, timeout: float) -> None:
+        self._topics: dict[str, Topic] = {}
+        self._history = history
+        self._timeout = timeout
+        self.subscription = Subscription(redis_url, keys, self, timeout)
+        self.counters = Counters()
+
+    async def __aenter__(self) -> Fanout:
+        await self.subscription.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for topic in self._topics.values():
+            if topic.catching_up is not None:
+                topic.catching_up.cancel()
+        await self.subscription.__aexit__(*exc_info)
+
+    def topic_names(self) -> list[str]:
+        return list(self._topics)
+
+    # -- clients ------------------------------------------------------------
+
+    async def acquire(self, names: tuple[str, ...]) -> list[Topic]:
+        """The topics, subscribed and with a known position; `Unavailable` if Redis is not."""
+        topics = []
+        for name in names:
+            topic = self._topics.get(name)
+            if topic is None:
+                topic = self._topics[name] = Topic(name)
+                await self.subscription.subscribe(name)
+            topic.waiters += 1
+            topics.append(topic)
+        try:
+            async with asyncio.timeout(self._timeout):
+                for topic in topics:
+                    await topic.ready.wait()
+        except BaseException as exc:
+            for topic in topics:
+                topic.waiters -= 1
+                self._release_if_idle(topic)
+            if isinstance(exc, TimeoutError):
+                raise Unavailable("Redis did not answer in time") from None
+            raise
+        for topic in topics:  # the caller makes the client a member before it next awaits
+            topic.waiters -= 1
+        return topics
+
+    def attach(self, client: ClientStream, topics: list[Topic]) -> None:
+        """Make `client` a live member of every topic, starting from now."""
+        for index, topic in enumerate(topics):
+            assert topic.position is not None
+            client.positions[index] = topic.position
+            self._enlist(client, topic, index)
+
+    async def begin_resume(
+        self, client: ClientStream, topics: list[Topic], after: list[StreamId]
+    ) -> list[Resume]:
+        """Register `client` with each topic, then read the first page of what it missed."""
+        for topic in topics:
+            assert topic.position is not None
+            topic.joining[client] = Joiner(topic.position, self._history.ticket())
+        resumes = []
+        for index, (topic, cursor) in enumerate(zip(topics, after)):
+            page = await self._history.page_after(topic.name, cursor)
+            if page:
+                truncated = page[0].event.prev != cursor
+            else:
+                truncated = cursor != ORIGIN and not await self._history.contains(
+                    topic.name, cursor
+                )
+                if truncated:  # a cursor from a history that is gone: start from now
+                    cursor = await self._history.tail(topic.name)
+            client.positions[index] = cursor
+            resumes.append(Resume(topic, index, cursor, page, truncated))
+        return resumes
+
+    async def finish_resume(self, client: ClientStream, resume: Resume) -> None:
+        """Send what `client` missed of one topic, paced by its socket, then go live."""
+        topic, after, page = resume.topic, resume.after, resume.first_page
+        composite = len(client.topics) > 1
+        if resume.truncated:
+            first = page[0].event.id if page else None
+            client.push_unbounded(sse.reset_notice(topic.name, first))
+        fresh = False
+        while not client.ended:
+            for framed in page:
+                if framed.event.id > after:
+                    after = framed.event.id
+                    if composite:
+                        client.push_at(resume.index, after, framed.body, paced=True)
+                    else:
+                        client.push_unbounded(framed.frame)
+                    self.counters.events_replayed += 1
+            joiner = topic.joining[client]
+            if len(page) < self._history.page_size:
+                rest = [framed for framed in joiner.pending if framed.event.id > after]
+                meets = rest[0].event.prev == after if rest else after >= joiner.newest
+                if meets or (fresh and not page):
+                    if not meets:  # trimmed while this client read: say so, then go on
+                        kept = rest[0].event.id if rest else None
+                        client.push_unbounded(sse.reset_notice(topic.name, kept))
+                    del topic.joining[client]
+                    client.positions[resume.index] = after
+                    for framed in rest:
+                        self._send(client, resume.index, framed)
+                    self._enlist(client, topic, resume.index)
+                    return
+                fresh = True
+            await client.drained()
+            page = await self._history.page_after(
+                topic.name, after, not_before=joiner.ticket if fresh else 0
+            )
+
+    def detach(self, client: ClientStream) -> None:
+        """Forget `client` everywhere; a topic left with no client is unsubscribed."""
+        for name in client.topics:
+            topic = self._topics.get(name)
+            if topic is None:
+                continue
+            topic.simple.discard(client)
+            topic.composite.pop(client, None)
+            topic.joining.pop(client, None)
+            self._release_if_idle(topic)
+
+    def _enlist(self, client: ClientStream, topic: Topic, index: int) -> None:
+        if len(client.topics) == 1:
+            topic.simple.add(client)
+        else:
+            topic.composite[client] = index
+
+    def _send(self, client: ClientStream, index: int, framed: Framed) -> None:
+        if len(client.topics) == 1:
+            client.push(framed.frame)
+        else:
+            client.push_at(index, framed.event.id, framed.body)
+
+    def _release_if_idle(self, topic: Topic) -> None:
+        if topic.idle() and self._topics.get(topic.name) is topic:
+            del self._topics[topic.name]
+            if topic.catching_up is not None:
+                topic.catching_up.cancel()
+            task = asyncio.create_task(self._unsubscribe_unless_wanted(topic.name))
+            task.add_done_callback(_log_failure)
+
+    async def _unsubscribe_unless_wanted(self, name: str) -> None:
+        if name not in self._topics:  # a client may have come back for it meanwhile
+            await self.subscription.unsubscribe(name)
+
+    # -- events from Redis ---------------------------------------------------
+
+    def on_subscribed(self, name: str) -> None:
+        topic = self._topics.get(name)
+        if topic is not None:
+            self._catch_up(topic)
+
+    def on_connection_lost(self) -> None:
+        """Live events stop until the subscription is back; then each topic catches up."""
+
+    def on_message(self, name: str, message: bytes) -> None:
+        topic = self._topics.get(name)
+        if topic is None:
+            return
+        try:
+            event = Event.from_message(name, message)
+        except (ValueError, UnicodeDecodeError):
+            log.warning("ignored a malformed message on topic %s", name)
+            return
+        self.counters.events_received += 1
+        if topic.backlog is not None:
+            topic.backlog.append(event)
+        elif topic.position is None or event.id <= topic.position:
+            return  # already delivered
+        elif event.prev != topic.position:
+            self.counters.gaps_filled += 1
+            topic.backlog = [event]
+            self._catch_up(topic)
+        else:
+            self._deliver(topic, Framed.of(event))
+
+    def _deliver(self, topic: Topic, framed: Framed) -> None:
+        topic.position = framed.event.id
+        frame = framed.frame
+        for client in topic.simple:
+            client.push(frame)
+        if topic.composite:
+            sid, body = framed.event.id, framed.body
+            for client, index in topic.composite.items():
+                client.push_at(index, sid, body)
+        for joiner in topic.joining.values():
+            joiner.add(framed)
+        self.counters.deliveries += len(topic.simple) + len(topic.composite)
+
+    def _catch_up(self, topic: Topic) -> None:
+        if topic.backlog is None:
+            topic.backlog = []
+        if topic.catching_up is None or topic.catching_up.done():
+            topic.catching_up = asyncio.create_task(self._run_catch_up(topic))
+
+    async def _run_catch_up(self, topic: Topic) -> None:
+        """Deliver what the stream holds after the topic's position, then the parked events."""
+        delay = 0.05
+        while self._topics.get(topic.name) is topic:
+            try:
+                ticket = self._history.ticket()
+                if topic.position is None:
+                    topic.position = await self._history.tail(topic.name)
+                    topic.ready.set()
+                else:
+                    await self._deliver_history(topic, ticket)
+            except RedisError as exc:
+                log.warning("catching up topic %s failed: %s", topic.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            assert topic.backlog is not None and topic.position is not None
+            backlog, topic.backlog = topic.backlog, []
+            for index, event in enumerate(backlog):
+                if event.id <= topic.position:
+                    continue
+                if event.prev != topic.position:
+                    topic.backlog = backlog[index:]
+                    break
+                self._deliver(topic, Framed.of(event))
+            else:
+                topic.backlog = None
+                return
+
+    async def _deliver_history(self, topic: Topic, ticket: int) -> None:
+        first = True
+        while True:
+            assert topic.position is not None
+            page = await self._history.page_after(topic.name, topic.position, not_before=ticket)
+            for framed in page:
+                if first and framed.event.prev != topic.position:
+                    notice = sse.reset_notice(topic.name, framed.event.id)
+                    for client in (*topic.simple, *topic.composite):
+                        client.push(notice)
+                first = False
+                self._deliver(topic, framed)
+            if len(page) < self._history.page_size:
+                return
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("unsubscribing failed: %s", task.exception())

@@ -1,0 +1,144 @@
+"""The gateway: everything one process holds, and the life of one client stream.
+
+`Gateway` is an async context manager over the process's Redis client, its one
+subscription (inside `Fanout`), the history reader, the live streams, and the
+heartbeat that keeps idle streams (and their proxies) awake and finds
+half-open connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+import redis.asyncio
+from redis.exceptions import RedisError
+from starlette.types import Receive, Send
+
+from hub import sse
+from hub.config import Settings
+from hub.events import StreamId
+from hub.fanout import Fanout, Resume, Unavailable
+from hub.history import History
+from hub.stream import ClientStream, Ending
+from hub.topics import Keys
+
+log = logging.getLogger("hub.gateway")
+
+TRUNCATED_HEADER = "Hub-Replay-Truncated"
+
+
+@dataclass
+class Opened:
+    """A stream that is registered everywhere and ready to start its response."""
+
+    client: ClientStream
+    resumes: list[Resume]
+
+    @property
+    def truncated(self) -> list[str]:
+        return [resume.topic.name for resume in self.resumes if resume.truncated]
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        keys = Keys(settings.key_prefix)
+        self.redis = redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+        )
+        self.history = History(self.redis, keys, settings.replay_page)
+        self.fanout = Fanout(
+            settings.redis_url, keys, self.history, settings.redis_timeout_seconds
+        )
+        self.streams: set[ClientStream] = set()
+        self.slow_disconnects = 0
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Gateway:
+        await self.fanout.__aenter__()
+        self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.end_all()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self.fanout.__aexit__(*exc_info)
+        await self.redis.aclose()
+
+    async def ready(self) -> str | None:
+        """None when this gateway can serve streams, else why not."""
+        if not self.fanout.subscription.connected:
+            return "redis subscription is down"
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            return f"redis does not answer: {exc}"
+        return None
+
+    def end_all(self) -> None:
+        """End every stream cleanly, asking each browser to come back after a jittered delay."""
+        for client in list(self.streams):
+            client.end(Ending.SHUTDOWN, sse.retry(self._jittered_retry(0.1, 1.0)))
+
+    async def open(self, topics: tuple[str, ...], after: list[StreamId] | None) -> Opened:
+        """Register a stream with its topics; raise `Unavailable` if Redis is not there."""
+        client = ClientStream(
+            topics, [(0, 0)] * len(topics), self.settings.client_buffer_bytes, self._ended
+        )
+        self.streams.add(client)
+        try:
+            states = await self.fanout.acquire(topics)
+            if after is None:
+                self.fanout.attach(client, states)
+                return Opened(client, [])
+            return Opened(client, await self.fanout.begin_resume(client, states, after))
+        except RedisError as exc:
+            client.end(Ending.DISCONNECTED)
+            raise Unavailable(str(exc)) from exc
+        except BaseException:
+            client.end(Ending.DISCONNECTED)
+            raise
+
+    async def serve(self, opened: Opened, send: Send, receive: Receive) -> None:
+        """Write the stream until it ends; the response has started."""
+        client = opened.client
+        client.push_unbounded(sse.retry(self._jittered_retry(0.5, 1.5)))
+        replay = asyncio.create_task(self._replay(client, opened.resumes))
+        try:
+            await client.run(send, receive)
+        finally:
+            replay.cancel()
+
+    async def _replay(self, client: ClientStream, resumes: list[Resume]) -> None:
+        try:
+            for resume in resumes:
+                await self.fanout.finish_resume(client, resume)
+        except (RedisError, OSError) as exc:
+            log.warning("replay failed, ending the stream so the client resumes: %s", exc)
+            client.end(Ending.SHUTDOWN)
+
+    def _ended(self, client: ClientStream, ending: Ending) -> None:
+        self.streams.discard(client)
+        self.fanout.detach(client)
+        if ending is Ending.SLOW:
+            self.slow_disconnects += 1
+            log.warning(
+                "slow client dropped (topics %s)",
+                ",".join(client.topics),
+                extra={"event": "slow_client_dropped"},
+            )
+
+    def _jittered_retry(self, low: float, high: float) -> int:
+        return max(100, int(self.settings.retry_ms * random.uniform(low, high)))
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            for client in list(self.streams):
+                client.push(sse.HEARTBEAT)

@@ -1,0 +1,94 @@
+"""Reads of a topic's stream: its tail, and pages of history after a cursor.
+
+Pages are framed once and shared: when a gateway that died leaves a thousand
+clients to reconnect here with the same cursor, one `XRANGE` serves them all.
+A read is shared with whoever asks for the same (topic, cursor) while it runs
+and for `SHARE_SECONDS` after; a caller that needs what was written after
+some moment asks for a read that started after it (`not_before`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import cast
+
+import redis.asyncio
+
+from hub.events import ORIGIN, Event, StreamId, format_id, parse_id
+from hub.sse import Framed
+from hub.topics import Keys
+
+SHARE_SECONDS = 1.0
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+@dataclass
+class _Read:
+    ticket: int
+    result: asyncio.Future[list[Framed]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class History:
+    def __init__(self, redis: redis.asyncio.Redis, keys: Keys, page_size: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.page_size = page_size
+        self._tickets = itertools.count(1)
+        self._reads: dict[tuple[str, StreamId], _Read] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        self.reads_done = 0
+
+    def ticket(self) -> int:
+        """A mark in time: reads started after it have a larger ticket."""
+        return next(self._tickets)
+
+    async def tail(self, topic: str) -> StreamId:
+        """The ID of the topic's newest event, or `ORIGIN` when it has none."""
+        newest = cast(Entries, await self._redis.xrevrange(self._keys.stream(topic), count=1))
+        return parse_id(newest[0][0].decode()) if newest else ORIGIN
+
+    async def contains(self, topic: str, sid: StreamId) -> bool:
+        text = format_id(sid)
+        return bool(await self._redis.xrange(self._keys.stream(topic), text, text, count=1))
+
+    async def page_after(self, topic: str, after: StreamId, not_before: int = 0) -> list[Framed]:
+        """Up to `page_size` events after `after`, oldest first."""
+        key = (topic, after)
+        read = self._reads.get(key)
+        if read is None or read.ticket <= not_before or (
+            read.result.done() and read.result.exception() is not None
+        ):
+            read = _Read(self.ticket())
+            self._reads[key] = read
+            task = asyncio.create_task(self._run(key, read))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        return await asyncio.shield(read.result)
+
+    async def _run(self, key: tuple[str, StreamId], read: _Read) -> None:
+        topic, after = key
+        try:
+            entries = cast(
+                Entries,
+                await self._redis.xrange(
+                    self._keys.stream(topic), f"({format_id(after)}", count=self.page_size
+                ),
+            )
+            self.reads_done += 1
+            read.result.set_result(
+                [Framed.of(Event.from_entry(topic, sid, fields)) for sid, fields in entries]
+            )
+        except Exception as exc:  # the waiting clients get the error; nothing is cached
+            read.result.set_exception(exc)
+            read.result.exception()  # retrieved: a read nobody awaits any more is no warning
+        finally:
+            asyncio.get_running_loop().call_later(SHARE_SECONDS, self._forget, key, read)
+
+    def _forget(self, key: tuple[str, StreamId], read: _Read) -> None:
+        if self._reads.get(key) is read:
+            del self._reads[key]
+

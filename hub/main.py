@@ -1,0 +1,89 @@
+"""`sse-hub`: run one gateway process (uvicorn on uvloop) until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import sys
+
+import uvicorn
+import uvloop
+
+from hub import logs
+from hub.app import create_app
+from hub.config import ConfigError, Settings
+from hub.embedded import embedded_redis
+from hub.gateway import Gateway
+
+log = logging.getLogger("hub")
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"sse-hub: error: {exc}")
+    logs.configure(settings)
+    # uvicorn raises the signal it caught again once it has stopped; these
+    # handlers take it, so the embedded Redis and the connections still close.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: None)
+    uvloop.run(serve(settings))
+
+
+async def serve(settings: Settings) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        development = not settings.redis_url
+        if development:
+            url = await stack.enter_async_context(embedded_redis())
+            settings = dataclasses.replace(settings, redis_url=url)
+        gateway = await stack.enter_async_context(Gateway(settings))
+        config = uvicorn.Config(
+            create_app(gateway),
+            host=settings.host,
+            port=settings.port,
+            http="httptools",
+            ws="none",
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_seconds),
+        )
+        server = uvicorn.Server(config)
+        watcher = asyncio.create_task(_watch(server, gateway, development))
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+        log.info("gateway stopped", extra={"event": "stop"})
+
+
+async def _watch(server: uvicorn.Server, gateway: Gateway, development: bool) -> None:
+    """Announce the gateway once it listens; end every stream as soon as it is told to exit.
+
+    uvicorn waits for open responses before it shuts the app down, and a stream
+    never finishes by itself, so the gateway ends its streams on the server's
+    exit flag (the server's own signal handling stays untouched).
+    """
+    while not server.started:
+        await asyncio.sleep(0.05)
+    settings = gateway.settings
+    page = f"http://{settings.host}:{settings.port}/"
+    log.info("gateway listening on %s", page, extra={"event": "start"})
+    if development:
+        print(
+            f"\n  The hub is running: open {page}\n"
+            f"  Single-node development mode: an embedded Redis at {settings.redis_url}\n"
+            f"  (set HUB_REDIS_URL to use your own). Publish from another terminal:\n\n"
+            f"    HUB_REDIS_URL={settings.redis_url} sse-publish send demo 'hello'\n",
+            flush=True,
+        )
+    while not server.should_exit:
+        await asyncio.sleep(0.05)
+    log.info("shutting down: ending %d streams", len(gateway.streams), extra={"event": "stop"})
+    gateway.end_all()
