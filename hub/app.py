@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from hub import cursor
+from hub import cursor, sse
 from hub.config import Settings
 from hub.events import InvalidEvent
 from hub.fanout import Unavailable
@@ -27,6 +27,7 @@ from hub.gateway import TRUNCATED_HEADER, Gateway
 from hub.topics import InvalidTopic, check_topic
 from publisher.client import AsyncPublisher
 
+UNAVAILABLE_HEADER = "Hub-Unavailable"
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -89,7 +90,12 @@ class EventsEndpoint:
             await _reply(scope, receive, send, exc.reason, exc.status)
             return
         except Unavailable as exc:
-            await _reply(scope, receive, send, f"redis unavailable: {exc}", 503)
+            # A browser never retries an EventSource answered with an error status;
+            # an empty stream with a `retry:` hint makes it come back by itself.
+            headers = [*STREAM_HEADERS, (UNAVAILABLE_HEADER.lower().encode(), b"redis")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            body = sse.comment(f"redis unavailable: {exc}") + sse.retry(self.gateway.retry_hint())
+            await send({"type": "http.response.body", "body": body})
             return
         headers = list(STREAM_HEADERS)
         if opened.truncated:

@@ -45,6 +45,8 @@ class Joiner:
     newest: StreamId
     ticket: int
     pending: list[Framed] = field(default_factory=list)
+    _target: StreamId = ORIGIN
+    _reached: asyncio.Future[None] | None = None
 
     def add(self, framed: Framed) -> None:
         self.newest = framed.event.id
@@ -52,6 +54,22 @@ class Joiner:
             self.pending.append(framed)
         else:
             self.pending.clear()
+        if self._reached is not None and self.newest >= self._target:
+            self._reached.set_result(None)
+            self._reached = None
+
+    async def reach(self, target: StreamId) -> None:
+        """Wait until the live fan-out has delivered `target`.
+
+        A history read can get ahead of this gateway's live feed (the client
+        saw newer events on another gateway, or Redis answered the read before
+        the announcement arrived); going live before the feed gets there would
+        deliver those events twice.
+        """
+        if self.newest < target:
+            self._target = target
+            self._reached = asyncio.get_running_loop().create_future()
+            await self._reached
 
 
 @dataclass(eq=False)
@@ -185,6 +203,7 @@ class Fanout:
                     self.counters.events_replayed += 1
             joiner = topic.joining[client]
             if len(page) < self._history.page_size:
+                await joiner.reach(after)
                 rest = [framed for framed in joiner.pending if framed.event.id > after]
                 meets = rest[0].event.prev == after if rest else after >= joiner.newest
                 if meets or (fresh and not page):

@@ -108,7 +108,7 @@ class Gateway:
     async def serve(self, opened: Opened, send: Send, receive: Receive) -> None:
         """Write the stream until it ends; the response has started."""
         client = opened.client
-        client.push_unbounded(sse.retry(self._jittered_retry(0.5, 1.5)))
+        client.push_unbounded(sse.retry(self.retry_hint()))
         replay = asyncio.create_task(self._replay(client, opened.resumes))
         try:
             await client.run(send, receive)
@@ -133,6 +133,10 @@ class Gateway:
                 ",".join(client.topics),
                 extra={"event": "slow_client_dropped"},
             )
+
+    def retry_hint(self) -> int:
+        """The reconnection delay for a new stream, with per-connection jitter."""
+        return self._jittered_retry(0.5, 1.5)
 
     def _jittered_retry(self, low: float, high: float) -> int:
         return max(100, int(self.settings.retry_ms * random.uniform(low, high)))

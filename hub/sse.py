@@ -52,6 +52,11 @@ class Framed:
         return cls(event, body, id_line(format_id(event.id)) + body)
 
 
+def frame_of(event: Event) -> bytes:
+    """The frame of an event on a one-topic connection."""
+    return Framed.of(event).frame
+
+
 def retry(ms: int) -> bytes:
     return f"retry: {ms}\n\n".encode("ascii")
 

@@ -117,7 +117,8 @@ class ClientStream:
             self._chunks.append(last_words)
         self._drained.set()
         self._wake.set()
-        self._on_end(self, ending)
+        # Later, not now: the fan-out may be iterating over the set this client leaves.
+        asyncio.get_running_loop().call_soon(self._on_end, self, ending)
 
     async def run(self, send: Send, receive: Receive) -> None:
         """Write queued bytes until the stream ends; the response has started."""

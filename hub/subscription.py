@@ -117,10 +117,16 @@ class Subscription:
                     raise TimeoutError(f"no reply to PING within {self._timeout} s")
                 continue
             ping_sent = None
-            kind = reply[0]
-            if kind == b"message":
-                self._listener.on_message(self._keys.topic_of_channel(reply[1].decode()), reply[2])
-            elif kind == b"subscribe":
-                topic = self._keys.topic_of_channel(reply[1].decode())
-                if topic in self._wanted:
-                    self._listener.on_subscribed(topic)
+            try:
+                self._dispatch(reply)
+            except Exception:  # a bug in handling one message must not stop the feed
+                log.exception("handling a message from redis failed")
+
+    def _dispatch(self, reply: list[bytes]) -> None:
+        kind = reply[0]
+        if kind == b"message":
+            self._listener.on_message(self._keys.topic_of_channel(reply[1].decode()), reply[2])
+        elif kind == b"subscribe":
+            topic = self._keys.topic_of_channel(reply[1].decode())
+            if topic in self._wanted:
+                self._listener.on_subscribed(topic)

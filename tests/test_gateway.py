@@ -1,0 +1,312 @@
+"""The gateway as its users see it: real gateway processes, a real Redis, an independent SSE client."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+
+import httpx
+import pytest
+import redis
+
+from hub.topics import Keys
+from sse_client import Listener, listening, publisher
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_every_client_gets_every_event_in_order(gateway, redis_url, key_prefix) -> None:
+    hub = gateway()
+    async with listening(hub.url, ["news"], count=40) as clients, publisher(redis_url, key_prefix) as pub:
+        ids = [await pub.publish("news", f"event {n}") for n in range(100)]
+        for client in clients:
+            await client.wait_for(100)
+        for client in clients:
+            assert client.data == [f"event {n}" for n in range(100)]
+            assert [event.id for event in client.events] == ids
+
+
+async def test_a_frame_carries_type_and_multiline_data(gateway, redis_url, key_prefix) -> None:
+    hub = gateway()
+    async with listening(hub.url, ["build"]) as [client], publisher(redis_url, key_prefix) as pub:
+        await pub.publish("build", "line one\r\nline two\nGrüße 🎉", "log")
+        await client.wait_for(0)
+        while not client.events:
+            await asyncio.sleep(0.01)
+    assert client.events[0].event == "log"
+    assert client.events[0].data == "line one\nline two\nGrüße 🎉"
+
+
+async def test_stream_headers_follow_the_spec(gateway) -> None:
+    hub = gateway()
+    async with listening(hub.url, ["news"]) as [client]:
+        assert client.headers is not None
+        assert client.headers["content-type"].startswith("text/event-stream")
+        assert client.headers["cache-control"] == "no-cache"
+        assert client.headers["x-accel-buffering"] == "no"
+        assert "content-encoding" not in client.headers
+
+
+@pytest.mark.parametrize("use_query", [False, True], ids=["header", "query"])
+async def test_resume_replays_exactly_what_was_missed(
+    gateway, redis_url, key_prefix, use_query: bool
+) -> None:
+    hub = gateway()
+    async with publisher(redis_url, key_prefix) as pub:
+        async with listening(hub.url, ["news"]) as [client]:
+            for n in range(10):
+                await pub.publish("news", str(n))
+            await client.wait_for(10)
+        for n in range(10, 25):
+            await pub.publish("news", str(n))
+        resumed = Listener(hub.url, ["news"], client.cursor, use_query=use_query).start()
+        await resumed.wait_for(15)
+        await pub.publish("news", "live")
+        await resumed.wait_for(16)
+        await asyncio.sleep(0.2)
+        await resumed.close()
+    assert client.data == [str(n) for n in range(10)]
+    assert resumed.data == [str(n) for n in range(10, 25)] + ["live"]
+    assert resumed.headers is not None and "hub-replay-truncated" not in resumed.headers
+
+
+async def test_resume_on_another_gateway_with_several_topics(gateway, redis_url, key_prefix) -> None:
+    first, second = gateway.many(2)
+    topics = ["alpha", "beta", "gamma"]
+    async with publisher(redis_url, key_prefix) as pub:
+        async with listening(first.url, topics) as [client]:
+            await pub.publish("alpha", "a0")
+            await pub.publish("gamma", "g0")
+            await client.wait_for(2)
+        for n in range(1, 4):
+            await pub.publish("alpha", f"a{n}")
+            await pub.publish("beta", f"b{n}")
+        resumed = Listener(second.url, topics, client.cursor).start()
+        await resumed.wait_for(6)
+        await pub.publish("gamma", "g1")
+        await resumed.wait_for(7)
+        await resumed.close()
+    assert client.data == ["a0", "g0"]
+    assert sorted(resumed.data) == sorted(["a1", "a2", "a3", "b1", "b2", "b3", "g1"])
+    assert [d for d in resumed.data if d[0] == "a"] == ["a1", "a2", "a3"]
+    assert len(resumed.events[-1].id) < 40, "a composite cursor stays short"
+
+
+async def test_a_topic_with_no_events_yet_is_resumed_from_where_the_client_joined(
+    gateway, redis_url, key_prefix
+) -> None:
+    hub = gateway()
+    async with publisher(redis_url, key_prefix) as pub:
+        async with listening(hub.url, ["quiet", "busy"]) as [client]:
+            await pub.publish("busy", "b0")
+            await client.wait_for(1)
+        await pub.publish("quiet", "q-missed")
+        resumed = Listener(hub.url, ["quiet", "busy"], client.cursor).start()
+        await resumed.wait_for(1)
+        await resumed.close()
+    assert resumed.data == ["q-missed"]
+
+
+async def test_a_cursor_older_than_the_history_is_told_so(gateway, redis_url, key_prefix) -> None:
+    hub = gateway()
+    async with publisher(redis_url, key_prefix, retention_maxlen=100) as pub:
+        first = await pub.publish("news", "first")
+        for n in range(1000):
+            await pub.publish("news", str(n))
+    resumed = Listener(hub.url, ["news"], first).start()
+    await resumed.wait_for(90)
+    await asyncio.sleep(0.3)
+    await resumed.close()
+    assert resumed.headers is not None and resumed.headers["hub-replay-truncated"] == "news"
+    assert resumed.events[0].event == "stream-reset"
+    replayed = [int(d) for d in resumed.data]
+    assert replayed == list(range(replayed[0], 1000)), "what is left arrives whole and in order"
+    assert 100 <= len(replayed) < 1000
+
+
+async def test_resume_far_back_in_a_long_history(gateway, redis_url, key_prefix) -> None:
+    total = 40_000
+    client = redis.Redis.from_url(redis_url)
+    stream = Keys(key_prefix).stream("deep")
+    async with publisher(redis_url, key_prefix, retention_maxlen=100_000) as pub:
+        ids = [await pub.publish("deep", "0")]
+        # The bulk is written with the same script through a pipeline, for speed.
+        from publisher.client import PUBLISH_SCRIPT
+
+        script = client.register_script(PUBLISH_SCRIPT)
+        channel = Keys(key_prefix).channel("deep")
+        for start in range(1, total, 2000):
+            with client.pipeline(transaction=False) as pipe:
+                for n in range(start, min(start + 2000, total)):
+                    script(keys=[stream, channel], args=[str(n), "", 100_000, 0], client=pipe)
+                ids += [i.decode() for i in pipe.execute()]
+    assert client.xlen(stream) == total
+    hub = gateway({"HUB_REPLAY_PAGE": "500"})
+    for start in (0, total // 2):
+        resumed = Listener(hub.url, ["deep"], ids[start]).start()
+        await resumed.wait_for(total - start - 1, timeout=120)
+        await resumed.close()
+        assert resumed.data == [str(n) for n in range(start + 1, total)]
+        assert [e.id for e in resumed.events] == ids[start + 1 :]
+
+
+async def test_clients_that_disconnect_and_resume_under_load_miss_nothing(
+    gateway, redis_url, key_prefix
+) -> None:
+    """Publish steadily while clients drop and resume, on either of two gateways, many rounds."""
+    gateways = gateway.many(2)
+    total = 1500
+    clients = 8
+    seen: list[list[str]] = [[] for _ in range(clients)]
+    published: list[str] = []
+
+    async def publish_steadily() -> None:
+        async with publisher(redis_url, key_prefix) as pub:
+            for n in range(total):
+                await pub.publish("race", str(n))
+                published.append(str(n))
+                if n % 10 == 0:
+                    await asyncio.sleep(0.01)
+
+    async def churn(index: int, cursor: str) -> None:
+        rng = random.Random(index)
+        rounds = 0
+        while True:
+            hub = rng.choice(gateways)
+            listener = Listener(hub.url, ["race"], cursor).start()
+            await asyncio.sleep(rng.uniform(0.05, 0.4))
+            await listener.close()
+            seen[index] += listener.data
+            cursor = listener.cursor
+            rounds += 1
+            if len(published) == total and seen[index] and seen[index][-1] == str(total - 1):
+                break
+            if rounds > 500:
+                break
+
+    async with publisher(redis_url, key_prefix) as pub:
+        start = await pub.publish("race", "start")
+    tasks = [asyncio.create_task(churn(i, start)) for i in range(clients)]
+    await publish_steadily()
+    await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    for index in range(clients):
+        assert seen[index] == published, f"client {index}: a gap or a duplicate"
+
+
+async def test_a_slow_client_is_dropped_while_fast_ones_keep_receiving(
+    gateway, redis_url, key_prefix
+) -> None:
+    hub = gateway({"HUB_CLIENT_BUFFER_BYTES": "262144"})
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", hub.port))
+    slow.sendall(b"GET /events?topic=flood HTTP/1.1\r\nHost: test\r\n\r\n")
+    payload = "x" * 10_000
+    async with listening(hub.url, ["flood"], count=3) as fast, publisher(redis_url, key_prefix) as pub:
+        await asyncio.sleep(0.3)
+        for n in range(600):  # 2 MB/s: easy for a reader, too much for one that never reads
+            await pub.publish("flood", f"{n} {payload}")
+            if n % 4 == 0:
+                await asyncio.sleep(0.02)
+        await asyncio.gather(*(client.wait_for(600, timeout=60) for client in fast))
+    for client in fast:
+        assert [d.split()[0] for d in client.data] == [str(n) for n in range(600)]
+    deadline = time.monotonic() + 20
+    while "slow client dropped" not in hub.log_text():
+        assert time.monotonic() < deadline, hub.log_tail()
+        await asyncio.sleep(0.1)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    slow.settimeout(20)
+    received = 0
+    while chunk := slow.recv(1 << 20):  # the gateway closed it: reading ends, not hangs
+        received += len(chunk)
+    slow.close()
+    assert received < 600 * 10_000
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{hub.url}/healthz")).status_code == 200
+
+
+async def test_a_disconnect_frees_the_subscription(gateway, redis_url, key_prefix) -> None:
+    hub = gateway()
+    channel = Keys(key_prefix).channel("lonely")
+    server = redis.Redis.from_url(redis_url)
+
+    def subscribers() -> int:
+        return int(dict(server.pubsub_numsub(channel))[channel.encode()])
+
+    async with listening(hub.url, ["lonely"], count=3):
+        assert subscribers() == 1, "one subscription per process, however many clients"
+    deadline = time.monotonic() + 10
+    while subscribers():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
+async def test_sigterm_ends_every_stream_and_exits_promptly(gateway, redis_url, key_prefix) -> None:
+    hub = gateway({"HUB_SHUTDOWN_SECONDS": "5"})
+    clients = [Listener(hub.url, ["news"]).start() for _ in range(10)]
+    for client in clients:
+        await client.wait_connected()
+    async with publisher(redis_url, key_prefix) as pub:
+        await pub.publish("news", "before")
+    for client in clients:
+        await client.wait_for(1)
+    started = time.monotonic()
+    hub.process.terminate()
+    for client in clients:
+        await client.wait_ended(timeout=10)
+        assert client.ended and client.data == ["before"]
+    code = await asyncio.to_thread(hub.wait, 10)
+    assert code == 0
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "reason"),
+    [
+        ("/events", {}, 400, "name at least one topic"),
+        ("/events?topic=", {}, 400, "topic is empty"),
+        ("/events?topic=a%20b", {}, 400, "contains ' '"),
+        ("/events?topic=" + "x" * 200, {}, 400, "longer than 128"),
+        ("/events?" + "&".join(f"topic=t{n}" for n in range(40)), {}, 400, "over the limit"),
+        ("/events?topic=a", {"Last-Event-ID": "banana"}, 400, "not a stream ID"),
+        ("/events?topic=a&last_event_id=1-2-3", {}, 400, "not a stream ID"),
+        ("/events?topic=a&topic=b", {"Last-Event-ID": "1700000000000-0"}, 400, "position for each"),
+    ],
+)
+async def test_bad_stream_requests_get_a_reason(gateway, path, headers, status, reason) -> None:
+    hub = gateway()
+    async with httpx.AsyncClient(base_url=hub.url) as http:
+        response = await http.get(path, headers=headers)
+        assert response.status_code == status
+        assert reason in response.text
+        assert "Traceback" not in response.text
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_readiness_and_the_page(gateway) -> None:
+    hub = gateway()
+    async with httpx.AsyncClient(base_url=hub.url) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        page = await http.get("/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        assert (await http.post("/events?topic=a")).status_code == 405
+
+
+async def test_cors_allows_only_the_configured_origins(gateway) -> None:
+    hub = gateway({"HUB_CORS_ORIGINS": "http://front.test:3000"})
+    async with httpx.AsyncClient(base_url=hub.url) as http:
+        preflight = await http.options(
+            "/publish",
+            headers={"Origin": "http://front.test:3000", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization"},
+        )
+        assert preflight.headers["access-control-allow-origin"] == "http://front.test:3000"
+        async with http.stream(
+            "GET", "/events?topic=a", headers={"Origin": "http://front.test:3000"}
+        ) as stream:
+            assert stream.headers["access-control-allow-origin"] == "http://front.test:3000"
+        async with http.stream("GET", "/events?topic=a", headers={"Origin": "http://evil.test"}) as stream:
+            assert "access-control-allow-origin" not in stream.headers
