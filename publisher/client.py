@@ -27,6 +27,11 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 PUBLISH_SCRIPT = files("hub").joinpath("publish.lua").read_text()
 
 
+# The script is loaded before its first EVALSHA, not on NOSCRIPT: the embedded
+# development server (fakeredis) answers an unknown SHA with an error redis-py does
+# not recognise. redis-py still reloads it on NOSCRIPT after a Redis restart.
+
+
 class _Calls:
     """What the sync and async publishers share: checks and the script's arguments."""
 
@@ -51,6 +56,7 @@ class Publisher:
         self._calls = _Calls(settings)
         self._redis = redis.Redis.from_url(self._calls.redis_url)
         self._script = self._redis.register_script(PUBLISH_SCRIPT)
+        self._loaded = False
 
     @classmethod
     def from_env(cls) -> Publisher:
@@ -59,6 +65,9 @@ class Publisher:
     def publish(self, topic: str, data: str, event_type: str = "") -> str:
         """Append and announce one event; return its ID."""
         keys, args = self._calls.arguments(topic, data, event_type)
+        if not self._loaded:
+            self._redis.script_load(PUBLISH_SCRIPT)
+            self._loaded = True
         return _text(self._script(keys=keys, args=args))
 
     def publish_bytes(
@@ -85,6 +94,7 @@ class AsyncPublisher:
         self._calls = _Calls(settings)
         self._redis = redis.asyncio.Redis.from_url(self._calls.redis_url)
         self._script = self._redis.register_script(PUBLISH_SCRIPT)
+        self._loaded = False
 
     @classmethod
     def from_env(cls) -> AsyncPublisher:
@@ -93,6 +103,9 @@ class AsyncPublisher:
     async def publish(self, topic: str, data: str, event_type: str = "") -> str:
         """Append and announce one event; return its ID."""
         keys, args = self._calls.arguments(topic, data, event_type)
+        if not self._loaded:
+            await self._redis.script_load(PUBLISH_SCRIPT)
+            self._loaded = True
         return _text(await self._script(keys=keys, args=args))
 
     async def publish_bytes(

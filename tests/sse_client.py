@@ -75,10 +75,10 @@ class Listener:
     async def wait_connected(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)
 
-    async def wait_for(self, count: int, timeout: float = 20.0) -> None:
-        """Wait until `count` events arrived (or the stream ended)."""
+    async def wait_for(self, count: int, timeout: float = 20.0, any_type: bool = False) -> None:
+        """Wait until `count` events of the default type (or of any type) arrived, or the stream ended."""
         async with asyncio.timeout(timeout):
-            while len(self.data) < count and not self.ended:
+            while len(self.events if any_type else self.data) < count and not self.ended:
                 if self._task is not None and self._task.done():
                     self._task.result()
                     return

@@ -32,9 +32,7 @@ async def test_a_frame_carries_type_and_multiline_data(gateway, redis_url, key_p
     hub = gateway()
     async with listening(hub.url, ["build"]) as [client], publisher(redis_url, key_prefix) as pub:
         await pub.publish("build", "line one\r\nline two\nGrüße 🎉", "log")
-        await client.wait_for(0)
-        while not client.events:
-            await asyncio.sleep(0.01)
+        await client.wait_for(1, any_type=True)
     assert client.events[0].event == "log"
     assert client.events[0].data == "line one\nline two\nGrüße 🎉"
 
