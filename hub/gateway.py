@@ -22,7 +22,7 @@ from hub.config import Settings
 from hub.events import StreamId
 from hub.fanout import Fanout, Resume, Unavailable
 from hub.history import History
-from hub.stream import ClientStream, Ending
+from hub.stream import ClientStream, Ending, Flusher
 from hub.topics import Keys
 
 log = logging.getLogger("hub.gateway")
@@ -56,6 +56,7 @@ class Gateway:
             settings.redis_url, keys, self.history, settings.redis_timeout_seconds
         )
         self.streams: set[ClientStream] = set()
+        self._flusher = Flusher()
         self.slow_disconnects = 0
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -89,7 +90,11 @@ class Gateway:
     async def open(self, topics: tuple[str, ...], after: list[StreamId] | None) -> Opened:
         """Register a stream with its topics; raise `Unavailable` if Redis is not there."""
         client = ClientStream(
-            topics, [(0, 0)] * len(topics), self.settings.client_buffer_bytes, self._ended
+            topics,
+            [(0, 0)] * len(topics),
+            self.settings.client_buffer_bytes,
+            self._flusher,
+            self._ended,
         )
         self.streams.add(client)
         try:
