@@ -28,6 +28,7 @@ from hub.topics import Keys
 log = logging.getLogger("hub.gateway")
 
 TRUNCATED_HEADER = "Hub-Replay-Truncated"
+REDIS_CONNECTIONS = 16
 
 
 @dataclass
@@ -46,10 +47,16 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         keys = Keys(settings.key_prefix)
-        self.redis = redis.asyncio.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
+        # A bounded pool that waits for a free connection: after a reconnect every
+        # topic catches up at once, and an unbounded burst would be refused.
+        self.redis = redis.asyncio.Redis(
+            connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=settings.redis_timeout_seconds,
+                socket_timeout=settings.redis_timeout_seconds,
+                socket_connect_timeout=settings.redis_timeout_seconds,
+            )
         )
         self.history = History(self.redis, keys, settings.replay_page)
         self.fanout = Fanout(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from typing import Protocol
 
@@ -43,6 +44,7 @@ class Subscription:
         self._task: asyncio.Task[None] | None = None
         self.connected = False
         self.reconnects = 0
+        self._heard = False
 
     async def __aenter__(self) -> Subscription:
         self._task = asyncio.create_task(self._run(), name="redis-subscription")
@@ -104,23 +106,34 @@ class Subscription:
             delay = min(delay * 2, 2.0)
 
     async def _read(self, connection: redis.asyncio.Connection) -> None:
-        loop = asyncio.get_running_loop()
+        watchdog = asyncio.create_task(self._watch(connection))
+        try:
+            while True:
+                # No deadline per read (it costs more than the parsing at high rates):
+                # the watchdog ends a silent connection instead.
+                reply = await connection.read_response(timeout=math.inf)
+                self._heard = True
+                try:
+                    self._dispatch(reply)
+                except Exception:  # a bug in handling one message must not stop the feed
+                    log.exception("handling a message from redis failed")
+        finally:
+            watchdog.cancel()
+
+    async def _watch(self, connection: redis.asyncio.Connection) -> None:
+        """PING a connection that has been quiet; drop it if the answer does not come in time."""
         idle = min(1.0, self._timeout / 2)
-        ping_sent: float | None = None
         while True:
-            reply = await connection.read_response(timeout=idle)
-            if reply is None:
-                if ping_sent is None:
-                    await connection.send_command("PING")
-                    ping_sent = loop.time()
-                elif loop.time() - ping_sent > self._timeout:
-                    raise TimeoutError(f"no reply to PING within {self._timeout} s")
+            self._heard = False
+            await asyncio.sleep(idle)
+            if self._heard:
                 continue
-            ping_sent = None
-            try:
-                self._dispatch(reply)
-            except Exception:  # a bug in handling one message must not stop the feed
-                log.exception("handling a message from redis failed")
+            await connection.send_command("PING")
+            await asyncio.sleep(self._timeout)
+            if not self._heard:
+                log.warning("redis subscription silent: no reply to PING in %s s", self._timeout)
+                await connection.disconnect()  # the reader fails and the loop reconnects
+                return
 
     def _dispatch(self, reply: list[bytes]) -> None:
         kind = reply[0]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import random
 import socket
 import time
@@ -308,3 +310,22 @@ async def test_cors_allows_only_the_configured_origins(gateway) -> None:
             assert stream.headers["access-control-allow-origin"] == "http://front.test:3000"
         async with http.stream("GET", "/events?topic=a", headers={"Origin": "http://evil.test"}) as stream:
             assert "access-control-allow-origin" not in stream.headers
+
+
+async def test_a_silent_subscription_is_noticed_and_replaced(gateway, private_redis, key_prefix) -> None:
+    """Redis stops answering without closing the socket (a frozen host): PING finds out."""
+    server = private_redis()
+    hub = gateway({"HUB_REDIS_TIMEOUT_SECONDS": "1"}, redis_url=server.url)
+    async with listening(hub.url, ["news"]) as [client]:
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 15
+            while "redis subscription silent" not in hub.log_text():
+                assert time.monotonic() < deadline, hub.log_tail()
+                await asyncio.sleep(0.1)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        async with publisher(server.url, key_prefix) as pub:
+            await pub.publish("news", "after the freeze")
+        await client.wait_for(1)
+    assert client.data == ["after the freeze"]
