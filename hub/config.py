@@ -86,6 +86,11 @@ class Settings:
         "Deadline of a Redis call, and of the subscription's health check.",
     )
     log_format: str = _setting("HUB_LOG_FORMAT", "text", "`text` or `json` log lines.")
+    workers: int = _setting(
+        "HUB_WORKERS",
+        1,
+        "Gateway processes sharing the port (SO_REUSEPORT); about one per core.",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -109,6 +114,7 @@ class Settings:
             "HUB_MAX_TOPICS": self.max_topics,
             "HUB_REPLAY_PAGE": self.replay_page,
             "HUB_REDIS_TIMEOUT_SECONDS": self.redis_timeout_seconds,
+            "HUB_WORKERS": self.workers,
         }
         for env, value in positive.items():
             if value <= 0:

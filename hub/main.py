@@ -18,6 +18,7 @@ from hub.app import create_app
 from hub.config import ConfigError, Settings
 from hub.embedded import embedded_redis
 from hub.gateway import Gateway
+from hub.workers import WORKER_FLAG, listening_socket, supervise
 
 log = logging.getLogger("hub")
 
@@ -30,12 +31,15 @@ def main() -> None:
     logs.configure(settings)
     # uvicorn raises the signal it caught again once it has stopped; these
     # handlers take it, so the embedded Redis and the connections still close.
+    if settings.workers > 1 and WORKER_FLAG not in sys.argv[1:]:
+        uvloop.run(supervise(settings))
+        return
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: None)
-    uvloop.run(serve(settings))
+    uvloop.run(serve(settings, worker=WORKER_FLAG in sys.argv[1:]))
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, worker: bool = False) -> None:
     async with contextlib.AsyncExitStack() as stack:
         development = not settings.redis_url
         if development:
@@ -57,7 +61,7 @@ async def serve(settings: Settings) -> None:
         server = uvicorn.Server(config)
         watcher = asyncio.create_task(_watch(server, gateway, development))
         try:
-            await server.serve()
+            await server.serve(sockets=[listening_socket(settings)] if worker else None)
         finally:
             watcher.cancel()
         log.info("gateway stopped", extra={"event": "stop"})
