@@ -25,6 +25,7 @@ from hub.config import Settings
 from hub.events import InvalidEvent
 from hub.fanout import Unavailable
 from hub.gateway import TRUNCATED_HEADER, Gateway
+from hub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hub.topics import InvalidTopic, check_topic
 from publisher.client import AsyncPublisher
 
@@ -148,7 +149,11 @@ def create_app(gateway: Gateway) -> ASGIApp:
             return PlainTextResponse("ready\n")
         return PlainTextResponse(f"not ready: {problem}\n", 503)
 
+    async def metrics(request: Request) -> Response:
+        return Response(gateway.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     routes = [
+        Route("/metrics", metrics),
         Route("/publish", publish, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
@@ -108,8 +109,16 @@ class Counters:
 
 
 class Fanout:
-    def __init__(self, redis_url: str, keys: Keys, history: History, timeout: float) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        keys: Keys,
+        history: History,
+        timeout: float,
+        on_delivery: Callable[[Event], None] = lambda event: None,
+    ) -> None:
         self._topics: dict[str, Topic] = {}
+        self._on_delivery = on_delivery
         self._history = history
         self._timeout = timeout
         self.subscription = Subscription(redis_url, keys, self, timeout)
@@ -191,7 +200,7 @@ class Fanout:
         if resume.truncated:
             first = page[0].event.id if page else None
             client.push_unbounded(sse.reset_notice(topic.name, first))
-        fresh = False
+        fresh = False  # whether `page` comes from a read started after this client registered
         while not client.ended:
             for framed in page:
                 if framed.event.id > after:
@@ -216,7 +225,11 @@ class Fanout:
                         self._send(client, resume.index, framed)
                     self._enlist(client, topic, resume.index)
                     return
-                fresh = True
+                # Share reads with other clients resuming from the same place; insist on
+                # a read of one's own only when a shared one brought nothing new.
+                fresh = not page
+            else:
+                fresh = False
             await client.drained()
             page = await self._history.page_after(
                 topic.name, after, not_before=joiner.ticket if fresh else 0
@@ -300,6 +313,7 @@ class Fanout:
         for joiner in topic.joining.values():
             joiner.add(framed)
         self.counters.deliveries += len(topic.simple) + len(topic.composite)
+        self._on_delivery(framed.event)
 
     def _catch_up(self, topic: Topic) -> None:
         if topic.backlog is None:

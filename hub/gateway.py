@@ -22,6 +22,7 @@ from hub.config import Settings
 from hub.events import StreamId
 from hub.fanout import Fanout, Resume, Unavailable
 from hub.history import History
+from hub.metrics import Metrics
 from hub.stream import ClientStream, Ending, Flusher
 from hub.topics import Keys
 
@@ -59,10 +60,17 @@ class Gateway:
             )
         )
         self.history = History(self.redis, keys, settings.replay_page)
+        self.metrics = Metrics()
         self.fanout = Fanout(
-            settings.redis_url, keys, self.history, settings.redis_timeout_seconds
+            settings.redis_url,
+            keys,
+            self.history,
+            settings.redis_timeout_seconds,
+            self.metrics.observe_delivery,
         )
+        self.metrics.watch(self)
         self.streams: set[ClientStream] = set()
+        self._bytes_sent_by_ended = 0
         self._flusher = Flusher()
         self.slow_disconnects = 0
         self._heartbeat: asyncio.Task[None] | None = None
@@ -135,8 +143,12 @@ class Gateway:
             log.warning("replay failed, ending the stream so the client resumes: %s", exc)
             client.end(Ending.SHUTDOWN)
 
+    def bytes_sent(self) -> int:
+        return self._bytes_sent_by_ended + sum(client.bytes_sent for client in self.streams)
+
     def _ended(self, client: ClientStream, ending: Ending) -> None:
         self.streams.discard(client)
+        self._bytes_sent_by_ended += client.bytes_sent
         self.fanout.detach(client)
         if ending is Ending.SLOW:
             self.slow_disconnects += 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from pythonjsonlogger.json import JsonFormatter
+
 from hub.config import Settings
 
 UNFINISHED_RESPONSE = "ASGI callable returned without completing response."
@@ -24,7 +26,16 @@ class _DroppedStreamFilter(logging.Filter):
 
 def configure(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{asctime}{levelname}{name}{message}",
+                style="{",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

@@ -117,3 +117,68 @@ async def publisher(redis_url: str, key_prefix: str, **settings: object) -> Asyn
         yield hub
     finally:
         await hub.aclose()
+
+
+@dataclass
+class ReconnectingListener:
+    """A client that behaves like a browser's EventSource.
+
+    When its stream ends or breaks it waits the `retry:` delay the hub sent
+    last, then reconnects with `Last-Event-ID` set to the last ID it saw.
+    """
+
+    base_url: str
+    topics: Sequence[str]
+    last_event_id: str = ""
+    events: list[Received] = field(default_factory=list)
+    connections: int = 0
+    retry_ms: int = 3000
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> ReconnectingListener:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        params = [("topic", topic) for topic in self.topics]
+        timeout = httpx.Timeout(5.0, read=30.0)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout) as client:
+            while True:
+                headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
+                try:
+                    async with aconnect_sse(client, "GET", "/events", params=params, headers=headers) as source:
+                        if source.response.status_code == 200:
+                            self.connections += 1
+                            async for sse in source.aiter_sse():
+                                if sse.retry is not None:
+                                    self.retry_ms = sse.retry
+                                if sse.data:
+                                    self.events.append(Received(sse.id, sse.event, sse.data))
+                                    self.last_event_id = sse.id
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(self.retry_ms / 1000)
+
+    @property
+    def data(self) -> list[str]:
+        return [event.data for event in self.events if event.event == "message"]
+
+    async def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.data) < count:
+                await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def count_losses(expected: Sequence[str], received: Sequence[str]) -> tuple[int, int, bool]:
+    """(lost, duplicated, in order) of what one client received against what was published."""
+    seen = set(received)
+    lost = sum(1 for item in expected if item not in seen)
+    duplicated = len(received) - len(seen)
+    in_order = list(dict.fromkeys(received)) == [item for item in expected if item in seen]
+    return lost, duplicated, in_order

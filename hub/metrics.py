@@ -1,0 +1,79 @@
+"""`GET /metrics`: the gateway's counters in the Prometheus text format.
+
+The hot path only bumps plain integers; they are read when Prometheus
+scrapes. The one histogram, the delay from publish to send, is observed once
+per event (an event's ID is Redis's clock when it was published), not once
+per client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hub.events import Event
+
+if TYPE_CHECKING:
+    from hub.gateway import Gateway
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._delay = Histogram(
+            "hub_publish_to_send_seconds",
+            "Delay from an event's publication to its hand-off to this gateway's clients.",
+            buckets=DELAY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_delivery(self, event: Event) -> None:
+        self._delay.observe(max(0.0, time.time() - event.id[0] / 1000))
+
+    def watch(self, gateway: Gateway) -> None:
+        self.registry.register(_GatewayCollector(gateway))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _GatewayCollector(Collector):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gateway = self.gateway
+        counters = gateway.fanout.counters
+        yield GaugeMetricFamily(
+            "hub_connected_clients", "Open SSE streams.", value=len(gateway.streams)
+        )
+        yield GaugeMetricFamily(
+            "hub_topics", "Topics this gateway is subscribed to.", value=len(gateway.fanout.topic_names())
+        )
+        yield GaugeMetricFamily(
+            "hub_redis_subscribed", "1 while the Redis subscription is up.",
+            value=int(gateway.fanout.subscription.connected),
+        )
+        for name, help, value in (
+            ("hub_events_received", "Events received from Redis pub/sub.", counters.events_received),
+            ("hub_events_sent", "Live event frames handed to clients.", counters.deliveries),
+            ("hub_events_replayed", "Event frames replayed from history.", counters.events_replayed),
+            ("hub_bytes_sent", "Bytes written to clients.", gateway.bytes_sent()),
+            ("hub_gaps_filled", "Times a topic's live feed had a gap and was filled from its stream.",
+             counters.gaps_filled),
+            ("hub_history_reads", "Reads of stream history (shared between clients).",
+             gateway.history.reads_done),
+            ("hub_slow_client_disconnects", "Clients dropped for falling behind.",
+             gateway.slow_disconnects),
+            ("hub_redis_reconnects", "Times the Redis subscription was lost and made again.",
+             gateway.fanout.subscription.reconnects),
+        ):
+            yield CounterMetricFamily(name, help, value=value)
