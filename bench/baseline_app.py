@@ -56,7 +56,7 @@ async def events(request: Request) -> Response:
                 sid, _prev, _type, data = message["data"].split(b"\n", 3)
                 yield {"id": sid.decode(), "data": data.decode()}
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     return EventSourceResponse(stream(), ping=15)
 

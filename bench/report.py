@@ -171,8 +171,8 @@ def live_table(rows: list[Row]) -> list[str]:
             f"{_f(r['offered_eps'])} → {_f(r['published_eps'])} | {_f(r['offered_dps'])} | "
             f"{_f(r['achieved_dps'])} | {100 * r['delivered_fraction']:.1f}% | {lat['p50']:.1f} | "
             f"{lat['p99']:.1f} | {lat['max']:.1f} | {r['lost']:,} | {r['dup']:,} | "
-            f"{_f(r['cpu_s_per_M'], 2)} | {r['server_cores']:.2f} | {_f(r['redis_cpu_s_per_M'], 2)} | "
-            f"{r['client_cores']:.2f} |")
+            f"{_f(r['cpu_s_per_M'], 2)} | {r['server_cores_publishing']:.2f} | "
+            f"{_f(r['redis_cpu_s_per_M'], 2)} | {r['client_cores_publishing']:.2f} |")
     return lines
 
 
@@ -279,11 +279,11 @@ METHOD = [
     "- **Deliveries/s achieved** = deliveries / (last delivery − first publish). **Delivered** = deliveries / "
     "(clients × events per topic actually published).",
     "- **Server CPU** = utime + stime from /proc/<pid>/stat of the server's processes (the gateway(s), "
-    "nginx master and workers, or uvicorn) from the start of publishing to the end of the drain; "
-    "**cores busy** is that over the wall time. Redis CPU is given apart: for the baseline, Redis does "
-    "the per-client fan-out itself.",
-    "- **Client cores busy** is the load client's own CPU time (getrusage) over the same window; with the "
-    "server's it shows which side was the limit on this 2-core machine.",
+    "nginx master and workers, or uvicorn) from the start of publishing until every client has the "
+    "last event (or the 10 s drain ran out); **cores busy** is CPU over wall time while the publisher "
+    "ran. Redis CPU is given apart: for the baseline, Redis does the per-client fan-out itself.",
+    "- **Client cores busy**: the load client's own CPU time over the same window (it also reports it "
+    "with getrusage); with the server's it shows which side was the limit on this 2-core machine.",
     "- **RSS per connection** = (resident memory of the server's processes with N idle streams − before "
     "any stream) / N, read after the streams had been open 3 s.",
     "- **Reconnect storm**: one event is published and its ID taken as the resume cursor, then the "

@@ -54,6 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", default="", help="scenarios in which to profile the hub with py-spy")
     p.add_argument("--out", type=Path, default=HERE / "out", help="scratch: logs, results.json")
     p.add_argument("--results-dir", type=Path, default=None, help="where RESULTS.md and chart.png go")
+    p.add_argument("--report-from", type=Path, default=None,
+                   help="only write RESULTS.md and the chart again from a results.json")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.threads < 1 or args.coalesce_us < 0:
         raise SystemExit("run.py: --duration and --threads must be positive, --coalesce-us not negative")
@@ -70,9 +72,9 @@ def raise_open_files() -> int:
 def summary_line(row: dict[str, Any]) -> str:
     head = f"{row['scenario']:>16} {row['system']:>8}: "
     if "error" in row:
-        return head + "ERROR " + row["error"]
+        return head + "ERROR " + str(row["error"])
     if "skipped" in row:
-        return head + "skipped: " + row["skipped"]
+        return head + "skipped: " + str(row["skipped"])
     if row["kind"] == "live":
         return head + (f"{row['connected']} conns, {row['published_eps']:.0f}/{row['offered_eps']:.0f} ev/s, "
                        f"{row['achieved_dps']:.0f}/{row['offered_dps']:.0f} del/s, "
@@ -86,8 +88,21 @@ def summary_line(row: dict[str, Any]) -> str:
                    f"lost {row['lost']} dup {row['dup']}")
 
 
+def write_report(results_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    chart = results_dir / "chart.png"
+    has_chart = write_chart(chart, rows)
+    write_markdown(results_dir / "RESULTS.md", rows, meta, chart if has_chart else None)
+    print(f"bench: wrote {results_dir / 'RESULTS.md'}" + (f" and {chart}" if has_chart else ""),
+          file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.report_from is not None:
+        saved = json.loads(args.report_from.read_text())
+        write_report(args.results_dir or args.report_from.parent, saved["rows"], saved["meta"])
+        return 0
     all_scenarios = default_scenarios(args.duration)
     systems = _names(args.systems, list(SYSTEMS), "system")
     chosen = _names(args.scenarios, [s.name for s in all_scenarios], "scenario") if args.scenarios else []
@@ -136,11 +151,7 @@ def main(argv: list[str]) -> int:
         "quick": args.quick, "coalesce_us": args.coalesce_us, "threads": args.threads,
     }
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    chart = results_dir / "chart.png"
-    has_chart = write_chart(chart, rows)
-    write_markdown(results_dir / "RESULTS.md", rows, meta, chart if has_chart else None)
-    print(f"bench: wrote {results_dir / 'RESULTS.md'}" + (f" and {chart}" if has_chart else ""),
-          file=sys.stderr)
+    write_report(results_dir, rows, meta)
     return 0
 
 
