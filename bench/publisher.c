@@ -131,13 +131,13 @@ static void add_event(pconn_t *c, long long k, char *pad) {
     if (o_redis) {
         b_add(&c->out, "*9\r\n$7\r\nEVALSHA\r\n", 17);
         b_fmt_bulk(&c->out, o_sha, strlen(o_sha));
-        b_add(&c->out, "$1\r\n2\r\n", 7);
+        b_add(&c->out, "$1\r\n1\r\n", 7);
         b_fmt_bulk(&c->out, t->a, t->alen);
-        b_fmt_bulk(&c->out, t->b, t->blen);
         b_fmt_bulk(&c->out, data, (size_t)dl);
         b_add(&c->out, "$0\r\n\r\n", 6);
         b_fmt_bulk(&c->out, o_maxlen, strlen(o_maxlen));
         b_fmt_bulk(&c->out, o_maxage, strlen(o_maxage));
+        b_fmt_bulk(&c->out, t->b, t->blen);
     } else {
         char h[4096 + 256];
         int hl = snprintf(h, sizeof h,

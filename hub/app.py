@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,11 +24,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub import cursor, sse
+from hub.auth import Authority, Forbidden, Unauthorized
 from hub.config import Settings
 from hub.events import InvalidEvent
 from hub.fanout import Unavailable
 from hub.gateway import TRUNCATED_HEADER, Gateway
 from hub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from hub.stream import Ending
 from hub.topics import InvalidTopic, check_topic
 from publisher.client import AsyncPublisher
 
@@ -71,18 +76,36 @@ def parse_stream_request(
 class EventsEndpoint:
     """`GET /events`: a raw ASGI app, because a stream outlives any Response object."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, authority: Authority) -> None:
         self.gateway = gateway
+        self.authority = authority
+        self.streams_by_address: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         if request.method not in ("GET", "HEAD"):
             await _reply(scope, receive, send, "use GET for /events", 405)
             return
+        address = request.client.host if request.client else ""
+        limit = self.gateway.settings.max_streams_per_client
+        if limit and self.streams_by_address[address] >= limit:
+            await _reply(scope, receive, send, f"over the limit of {limit} streams per client", 429)
+            return
+        self.streams_by_address[address] += 1
+        try:
+            await self._stream(request, scope, receive, send)
+        finally:
+            self.streams_by_address[address] -= 1
+            if not self.streams_by_address[address]:
+                del self.streams_by_address[address]
+
+    async def _stream(self, request: Request, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             topics, after = parse_stream_request(
                 request.query_params, request.headers, self.gateway.settings.max_topics
             )
+            token = self.authority.token_of(request.headers, request.cookies, request.query_params)
+            grant = self.authority.check_subscribe(topics, token)
             if request.method == "HEAD":
                 await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
                 await send({"type": "http.response.body", "body": b""})
@@ -90,6 +113,12 @@ class EventsEndpoint:
             opened = await self.gateway.open(topics, after)
         except BadRequest as exc:
             await _reply(scope, receive, send, exc.reason, exc.status)
+            return
+        except Unauthorized as exc:
+            await _reply(scope, receive, send, str(exc), 401)
+            return
+        except Forbidden as exc:
+            await _reply(scope, receive, send, str(exc), 403)
             return
         except Unavailable as exc:
             # A browser never retries an EventSource answered with an error status;
@@ -103,36 +132,62 @@ class EventsEndpoint:
         if opened.truncated:
             headers.append((TRUNCATED_HEADER.lower().encode(), ",".join(opened.truncated).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await self.gateway.serve(opened, send, receive)
+        expiry = None
+        if grant is not None and grant.expires is not None:
+            # The stream ends when its token does; a reconnect with it is refused.
+            expiry = asyncio.get_running_loop().call_later(
+                max(0.0, grant.expires - time.time()), opened.client.end, Ending.EXPIRED
+            )
+        try:
+            await self.gateway.serve(opened, send, receive)
+        finally:
+            if expiry is not None:
+                expiry.cancel()
 
 
 async def _reply(scope: Scope, receive: Receive, send: Send, reason: str, status: int) -> None:
     response = PlainTextResponse(reason + "\n", status_code=status)
     if status == 503:
         response.headers["retry-after"] = "1"
+    if status == 401:
+        response.headers["www-authenticate"] = "Bearer"
     await response(scope, receive, send)
 
 
 def create_app(gateway: Gateway) -> ASGIApp:
     settings = gateway.settings
-    publisher = AsyncPublisher(settings) if settings.publish_token else None
+    authority = Authority(settings)
+    enabled = bool(settings.publish_token) or authority.enabled
+    publisher = AsyncPublisher(settings) if enabled else None
+
+    def fixed_token(token: str) -> bool:
+        expected = settings.publish_token.encode()
+        return bool(expected) and secrets.compare_digest(token.encode(), expected)
 
     async def publish(request: Request) -> Response:
         if publisher is None:
-            return PlainTextResponse("publishing over HTTP is disabled: set HUB_PUBLISH_TOKEN\n", 404)
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
+            return PlainTextResponse(
+                "publishing over HTTP is disabled: set HUB_PUBLISH_TOKEN or HUB_JWT_KEY\n", 404
+            )
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return PlainTextResponse(
                 "send Authorization: Bearer <token>\n", 401, {"www-authenticate": "Bearer"}
             )
-        if not secrets.compare_digest(token.strip().encode(), settings.publish_token.encode()):
+        if not fixed_token(token) and not authority.enabled:
             return PlainTextResponse("the token is not valid\n", 403)
         try:
             topic, data, event_type = await _read_publish_body(request, settings)
+            if not fixed_token(token):
+                authority.check_publish(topic, token)
             event_id = await publisher.publish(topic, data, event_type)
         except BadRequest as exc:
             return PlainTextResponse(exc.reason + "\n", exc.status)
+        except Unauthorized as exc:
+            return PlainTextResponse(f"{exc}\n", 401, {"www-authenticate": "Bearer"})
+        except Forbidden as exc:
+            return PlainTextResponse(f"{exc}\n", 403)
         except (InvalidTopic, InvalidEvent) as exc:
             status = 413 if "over the limit" in str(exc) else 400
             return PlainTextResponse(f"{exc}\n", status)
@@ -180,10 +235,11 @@ def create_app(gateway: Gateway) -> ASGIApp:
         if publisher is not None:
             await publisher.aclose()
 
-    events: ASGIApp = EventsEndpoint(gateway)
+    events: ASGIApp = EventsEndpoint(gateway, authority)
     if cors:
         events = CORSMiddleware(events, **cors)
-    return StreamsFirst(events, Starlette(routes=routes, middleware=middleware, lifespan=lifespan))
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return StreamsFirst(events, app, settings.max_url_bytes, settings.max_header_bytes)
 
 
 class StreamsFirst:
@@ -191,13 +247,28 @@ class StreamsFirst:
 
     A stream's every write would otherwise pass through the app's error and
     exception middleware, a few microseconds each, per client, per write.
+
+    It also refuses, before anything else runs, requests over the size limits.
     """
 
-    def __init__(self, events: ASGIApp, app: ASGIApp) -> None:
+    def __init__(self, events: ASGIApp, app: ASGIApp, max_url: int, max_headers: int) -> None:
         self.events = events
         self.app = app
+        self.max_url = max_url
+        self.max_headers = max_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            url = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            if url > self.max_url:
+                reason = f"the request target is over the limit of {self.max_url} bytes"
+                await _reply(scope, receive, send, reason, 414)
+                return
+            headers = sum(len(name) + len(value) for name, value in scope["headers"])
+            if headers > self.max_headers:
+                reason = f"the request headers are over the limit of {self.max_headers} bytes"
+                await _reply(scope, receive, send, reason, 431)
+                return
         if scope["type"] == "http" and scope["path"] == "/events":
             await self.events(scope, receive, send)
         else:

@@ -70,7 +70,36 @@ class Settings:
     publish_token: str = _setting(
         "HUB_PUBLISH_TOKEN",
         "",
-        "Bearer token required by `POST /publish`; empty disables the endpoint.",
+        "A fixed bearer token that may publish on any topic through `POST /publish` "
+        "(for setups without JWTs). With neither this nor `HUB_JWT_KEY`, the endpoint is off.",
+    )
+    jwt_key: str = _setting(
+        "HUB_JWT_KEY",
+        "",
+        "Key that verifies JWTs: the HS256 secret, or a PEM public key (or its file) for "
+        "RS256/ES256.",
+    )
+    jwt_algorithms: tuple[str, ...] = _setting(
+        "HUB_JWT_ALGORITHMS", ("HS256",), "Comma-separated JWT algorithms accepted."
+    )
+    jwt_cookie: str = _setting(
+        "HUB_JWT_COOKIE", "mercureAuthorization", "Cookie a browser's token may come in."
+    )
+    private_topics: tuple[str, ...] = _setting(
+        "HUB_PRIVATE_TOPICS",
+        (),
+        "Comma-separated topic patterns (`*` is any run of characters) that need a token "
+        "to subscribe; other topics are public.",
+    )
+    max_url_bytes: int = _setting("HUB_MAX_URL_BYTES", 8192, "Longest request target accepted.")
+    max_header_bytes: int = _setting(
+        "HUB_MAX_HEADER_BYTES", 16384, "Largest total of request header names and values."
+    )
+    max_streams_per_client: int = _setting(
+        "HUB_MAX_STREAMS_PER_CLIENT",
+        0,
+        "Open streams one client address may hold (0: no limit). Behind a proxy the address "
+        "comes from X-Forwarded-For.",
     )
     shutdown_seconds: float = _setting(
         "HUB_SHUTDOWN_SECONDS",
@@ -115,12 +144,16 @@ class Settings:
             "HUB_REPLAY_PAGE": self.replay_page,
             "HUB_REDIS_TIMEOUT_SECONDS": self.redis_timeout_seconds,
             "HUB_WORKERS": self.workers,
+            "HUB_MAX_URL_BYTES": self.max_url_bytes,
+            "HUB_MAX_HEADER_BYTES": self.max_header_bytes,
         }
         for env, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{env} must be positive, got {value}")
-        if self.retention_maxlen < 0 or self.retention_seconds < 0:
-            raise ConfigError("retention settings cannot be negative")
+        if self.retention_maxlen < 0 or self.retention_seconds < 0 or self.max_streams_per_client < 0:
+            raise ConfigError("retention and stream limits cannot be negative")
+        if self.private_topics and not self.jwt_key:
+            raise ConfigError("HUB_PRIVATE_TOPICS needs HUB_JWT_KEY to verify subscribers' tokens")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"HUB_LOG_FORMAT must be text or json, got {self.log_format!r}")
 

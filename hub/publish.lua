@@ -1,8 +1,9 @@
 -- Append one event to a topic's stream and announce it, as one atomic step.
 --
--- KEYS[1]  the topic's stream        KEYS[2]  the topic's pub/sub channel
+-- KEYS[1]  the topic's stream
 -- ARGV[1]  data                      ARGV[2]  event type ('' for the default)
 -- ARGV[3]  MAXLEN bound (0: none)    ARGV[4]  age bound in ms (0: none)
+-- ARGV[5]  the topic's pub/sub channel (a channel, not a key: ACLs check it as one)
 --
 -- Each entry records the ID of the entry before it ('p'). A gateway or a
 -- replay that sees an entry whose 'p' is not the last ID it holds knows, for
@@ -30,5 +31,5 @@ if max_age > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
 end
 
-redis.call('PUBLISH', KEYS[2], id .. '\n' .. prev .. '\n' .. ARGV[2] .. '\n' .. ARGV[1])
+redis.call('PUBLISH', ARGV[5], id .. '\n' .. prev .. '\n' .. ARGV[2] .. '\n' .. ARGV[1])
 return id

@@ -1,0 +1,153 @@
+"""Authorization: private topics need a JWT that covers them, live and on replay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from sse_client import Listener, publisher
+
+pytestmark = pytest.mark.anyio
+SECRET = "a-test-secret-of-at-least-32-bytes!"
+PRIVATE = {"HUB_JWT_KEY": SECRET, "HUB_PRIVATE_TOPICS": "user/*", "HUB_RETRY_MS": "300"}
+
+
+def token(subscribe: list[str] = (), publish: list[str] = (), ttl: float = 600, key=SECRET, algorithm="HS256") -> str:
+    claims = {"mercure": {"subscribe": list(subscribe), "publish": list(publish)}, "exp": int(time.time() + ttl)}
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+async def status_of(url: str, params: dict, headers: dict | None = None, cookies: dict | None = None) -> tuple[int, str]:
+    async with httpx.AsyncClient(base_url=url, cookies=cookies) as http:
+        async with http.stream("GET", "/events", params=params, headers=headers or {}) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return response.status_code, response.text
+            return 200, ""
+
+
+async def test_a_private_topic_needs_a_token_that_covers_it(gateway) -> None:
+    hub = gateway(PRIVATE)
+    private = {"topic": "user/42/inbox"}
+    assert (await status_of(hub.url, {"topic": "news"}))[0] == 200, "public topics need nothing"
+    status, reason = await status_of(hub.url, private)
+    assert status == 401 and "token is required" in reason
+    status, reason = await status_of(hub.url, private, {"Authorization": "Bearer nonsense"})
+    assert status == 401 and "not valid" in reason
+    status, reason = await status_of(hub.url, private, {"Authorization": f"Bearer {token(['user/43/*'])}"})
+    assert status == 403 and "user/42/inbox" in reason
+    mixed = {"topic": ["news", "user/42/inbox"]}
+    assert (await status_of(hub.url, mixed, {"Authorization": f"Bearer {token(['news'])}"}))[0] == 403
+    good = token(["user/42/*"])
+    assert (await status_of(hub.url, private, {"Authorization": f"Bearer {good}"}))[0] == 200
+    assert (await status_of(hub.url, private, cookies={"mercureAuthorization": good}))[0] == 200
+    assert (await status_of(hub.url, {**private, "authorization": good}))[0] == 200
+    expired = token(["user/42/*"], ttl=-5)
+    status, reason = await status_of(hub.url, private, {"Authorization": f"Bearer {expired}"})
+    assert status == 401 and "expired" in reason
+
+
+async def test_private_events_reach_only_covered_connections_live_and_on_replay(
+    gateway, redis_url, key_prefix
+) -> None:
+    hub = gateway(PRIVATE)
+
+    async def collect(http: httpx.AsyncClient, topics: list[str], bearer: str, last_id: str = "") -> list[str]:
+        params = [("topic", topic) for topic in topics]
+        if last_id:
+            params.append(("last_event_id", last_id))
+        data: list[str] = []
+        try:
+            async with asyncio.timeout(2.0):
+                async with http.stream("GET", "/events", params=params,
+                                       headers={"Authorization": f"Bearer {bearer}"}) as response:
+                    assert response.status_code == 200
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: "):
+                            data.append(line[6:])
+        except TimeoutError:
+            pass
+        return data
+
+    async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http, publisher(redis_url, key_prefix) as pub:
+        live = asyncio.create_task(collect(http, ["news", "user/42/inbox"], token(["user/42/*"])))
+        await asyncio.sleep(0.5)
+        first = await pub.publish("news", "public 0")
+        await pub.publish("user/42/inbox", "for 42 only")
+        await pub.publish("user/43/inbox", "for 43 only")
+        await pub.publish("news", "public 1")
+        assert sorted(await live) == ["for 42 only", "public 0", "public 1"]
+        # Replay from before everything, on a connection mixing public and private topics.
+        replayed = await collect(http, ["news", "user/42/inbox"], token(["user/42/*"]), "0.0.0")
+        assert sorted(replayed) == ["for 42 only", "public 0", "public 1"]
+        assert await collect(http, ["news"], token([]), first) == ["public 1"]
+
+
+async def test_a_stream_ends_when_its_token_expires_and_cannot_resume_with_it(gateway) -> None:
+    hub = gateway(PRIVATE)
+    short = token(["user/42/*"], ttl=2)
+    async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+        started = time.monotonic()
+        async with http.stream("GET", "/events", params={"topic": "user/42/inbox"},
+                               headers={"Authorization": f"Bearer {short}"}) as response:
+            assert response.status_code == 200
+            async for _ in response.aiter_bytes():
+                pass  # ends when the token does
+        assert 1.0 < time.monotonic() - started < 8
+        await asyncio.sleep(1.2)
+        again = await http.get("/events", params={"topic": "user/42/inbox"},
+                               headers={"Authorization": f"Bearer {short}"})
+        assert again.status_code == 401
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+async def test_tokens_signed_with_a_private_key_are_verified_with_the_public_key(
+    gateway, tmp_path: Path, algorithm: str
+) -> None:
+    private_key = rsa.generate_private_key(65537, 2048) if algorithm == "RS256" else ec.generate_private_key(ec.SECP256R1())
+    public_pem = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key_file = tmp_path / "public.pem"
+    key_file.write_bytes(public_pem)
+    hub = gateway({"HUB_JWT_KEY": str(key_file), "HUB_JWT_ALGORITHMS": "RS256,ES256", "HUB_PRIVATE_TOPICS": "user/*"})
+    signed = token(["user/42/*"], key=private_key, algorithm=algorithm)
+    assert (await status_of(hub.url, {"topic": "user/42/inbox"}, {"Authorization": f"Bearer {signed}"}))[0] == 200
+    forged = token(["user/42/*"])  # HS256 with a secret: not accepted
+    assert (await status_of(hub.url, {"topic": "user/42/inbox"}, {"Authorization": f"Bearer {forged}"}))[0] == 401
+
+
+async def test_publishing_needs_publish_claims_for_the_topic(gateway) -> None:
+    hub = gateway({**PRIVATE, "HUB_PUBLISH_TOKEN": "fixed-token"})
+    async with httpx.AsyncClient(base_url=hub.url) as http:
+        async def publish(bearer: str, topic: str) -> httpx.Response:
+            return await http.post("/publish", json={"topic": topic, "data": "x"},
+                                   headers={"Authorization": f"Bearer {bearer}"})
+        assert (await publish(token(publish=["user/42/*"]), "user/42/inbox")).status_code == 200
+        refused = await publish(token(publish=["user/42/*"]), "user/43/inbox")
+        assert refused.status_code == 403 and "user/43/inbox" in refused.text
+        assert (await publish(token(subscribe=["*"]), "news")).status_code == 403
+        assert (await publish(token(publish=["*"], ttl=-5), "news")).status_code == 401
+        assert (await publish("fixed-token", "anything")).status_code == 200
+
+
+async def test_requests_over_the_limits_are_refused_with_a_reason(gateway) -> None:
+    hub = gateway({"HUB_MAX_URL_BYTES": "512", "HUB_MAX_HEADER_BYTES": "2048", "HUB_MAX_STREAMS_PER_CLIENT": "2"})
+    async with httpx.AsyncClient(base_url=hub.url) as http:
+        long_url = await http.get("/events", params={"topic": "a" * 100, "x": "y" * 600})
+        assert long_url.status_code == 414 and "limit of 512" in long_url.text
+        big_headers = await http.get("/healthz", headers={"X-Filler": "z" * 3000})
+        assert big_headers.status_code == 431
+        async with http.stream("GET", "/events", params={"topic": "a"}) as one, \
+                http.stream("GET", "/events", params={"topic": "b"}) as two:
+            assert one.status_code == two.status_code == 200
+            third = await http.get("/events", params={"topic": "c"})
+            assert third.status_code == 429 and "2 streams per client" in third.text
+        assert (await http.get("/healthz")).status_code == 200
