@@ -44,9 +44,8 @@ class _Calls:
         check_topic(topic)
         check_event_type(event_type)
         check_data(data, self.settings.max_event_bytes)
-        keys = [self.keys.stream(topic), self.keys.channel(topic)]
         retention = [self.settings.retention_maxlen, self.settings.retention_seconds * 1000]
-        return keys, [data, event_type, *retention]
+        return [self.keys.stream(topic)], [data, event_type, *retention, self.keys.channel(topic)]
 
 
 class Publisher:
