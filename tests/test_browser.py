@@ -22,8 +22,11 @@ from browser import (  # noqa: F401 (fixtures)
     run_cli,
     serve_web_files,
 )
+import httpx
+
 from hub import cursor
-from processes import Gateways
+from processes import Gateway, Gateways
+from topology import Nginx
 
 TOPIC = "demo"
 """The page's default topic; each test's gateway has its own key prefix, so topics never mix."""
@@ -285,3 +288,36 @@ def test_failed_streams_are_retried_or_explained(
     expect(refused.get_by_test_id("note")).to_contain_text("HTTP 400")
     expect(refused.get_by_test_id("note")).to_contain_text("over the limit of 2")
     hub.screenshot(tmp_path / "failed-streams.png")
+
+
+def test_panels_come_back_by_themselves_when_their_gateway_is_killed(
+    page: Page, gateway: Gateways, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    """The scaled-out topology: the page through nginx, and the gateway its streams use dies."""
+    gateways = [ready_gateway(g) for g in gateway.many(2, {"HUB_RETRY_MS": "500"})]
+    nginx = Nginx(tmp_path / "nginx", gateways).start()
+    try:
+        hub = HubPage(page, nginx.url).open()
+        hub.expect_open(3)
+        publish_numbered(redis_url, key_prefix, TOPIC, 1, 50)
+        hub.expect_all("count", "50", 3)
+
+        def streams(on: Gateway) -> float:
+            metrics = httpx.get(f"{on.url}/metrics").text
+            return float(next(line.split()[1] for line in metrics.splitlines()
+                              if line.startswith("hub_connected_clients ")))
+
+        victim = max(gateways, key=streams)
+        assert streams(victim) > 0
+        victim.kill()
+        ids = publish_numbered(redis_url, key_prefix, TOPIC, 51, 100)
+        hub.expect_all("count", "100", 3)
+        hub.expect_all("state", "open", 3)
+        hub.expect_all("gaps", "0", 3)
+        hub.expect_all("dupes", "0", 3)
+        hub.expect_all("last-id", ids[-1], 3)
+        for index in range(3):
+            assert_in_order(hub, index, 100)
+        hub.screenshot(tmp_path / "after-gateway-killed.png")
+    finally:
+        nginx.close()
