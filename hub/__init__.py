@@ -3,5 +3,6 @@
 Follow one event: `publisher/client.py` runs `hub/publish.lua`; the gateway's
 `hub/subscription.py` hears it, `hub/fanout.py` frames it once (`hub/sse.py`)
 and hands the bytes to every client stream (`hub/stream.py`), which
-`hub/app.py` serves; `hub/replay.py` fills in what a reconnecting client missed.
+`hub/app.py` serves; `hub/history.py` reads what a reconnecting client missed, and
+`hub/gateway.py` holds one process together.
 """

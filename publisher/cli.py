@@ -34,6 +34,7 @@ from hub.events import BINARY_MEDIA_TYPE, InvalidEvent, binary_data, check_event
 from hub.topics import InvalidTopic, check_topic
 from publisher.client import DEFAULT_REDIS_URL, Publisher
 from publisher.follow import DEFAULT_INTERVAL, FileFollower, LineTooLong
+from publisher.http import HttpPublisher, HubUnreachable, PublishRefused
 
 PROG = "sse-publish"
 EXIT_FAILURE = 1
@@ -77,12 +78,20 @@ class Sender:
     """Publishes through a `Publisher`, retrying lost connections and naming failures."""
 
     def __init__(
-        self, settings: Settings, retries: int = 0, sleep: Callable[[float], None] = time.sleep
+        self,
+        settings: Settings,
+        retries: int = 0,
+        sleep: Callable[[float], None] = time.sleep,
+        gateway: tuple[str, str] | None = None,
     ) -> None:
         self.retries = retries
         self._sleep = sleep
         self._url = settings.redis_url or DEFAULT_REDIS_URL
         self._where = _redact(self._url)
+        self._publisher: Publisher | HttpPublisher
+        if gateway is not None:
+            self._publisher = HttpPublisher(*gateway)
+            return
         try:
             self._publisher = Publisher(settings)
         except ValueError as exc:
@@ -90,6 +99,8 @@ class Sender:
 
     def check_connection(self) -> None:
         """Fail now rather than at the first line, which may come much later."""
+        if isinstance(self._publisher, HttpPublisher):
+            return  # a gateway is asked at the first event
         with redis.Redis.from_url(self._url) as client:
             self._call(client.ping)
 
@@ -104,6 +115,13 @@ class Sender:
         while True:
             try:
                 return call()
+            except PublishRefused as exc:
+                raise CliError(str(exc)) from None
+            except HubUnreachable as exc:
+                if attempt >= self.retries:
+                    raise CliError(str(exc)) from None
+                self._sleep(backoff_delay(attempt))
+                attempt += 1
             except redis.exceptions.RedisError as exc:
                 if not _retryable(exc):
                     raise CliError(f"Redis error at {self._where}: {_reason(exc)}") from None
@@ -168,14 +186,14 @@ def cmd_send(args: argparse.Namespace, settings: Settings, out: Callable[[str], 
         data = _read_stdin_event(sys.stdin.buffer, settings.max_event_bytes)
     if args.json:
         data = _compact_json(data)
-    with Sender(settings, args.retry) as sender:
+    with Sender(settings, args.retry, gateway=_gateway(args)) as sender:
         out(sender.text(args.topic, data, args.type))
 
 
 def cmd_lines(args: argparse.Namespace, settings: Settings, out: Callable[[str], None]) -> None:
     check_topic(args.topic)
     check_event_type(args.type)
-    with Sender(settings, args.retry) as sender:
+    with Sender(settings, args.retry, gateway=_gateway(args)) as sender:
         sender.check_connection()
         for line in read_lines(sys.stdin.buffer, settings.max_event_bytes):
             event_id = sender.text(args.topic, line, args.type)
@@ -195,7 +213,7 @@ def cmd_follow(args: argparse.Namespace, settings: Settings, out: Callable[[str]
         max_line_bytes=settings.max_event_bytes,
         stop=lambda: deadline is not None and time.monotonic() >= deadline,
     )
-    with follower, Sender(settings, args.retry) as sender:
+    with follower, Sender(settings, args.retry, gateway=_gateway(args)) as sender:
         sender.check_connection()
         if args.max_events == 0:
             return
@@ -226,7 +244,7 @@ def cmd_file(args: argparse.Namespace, settings: Settings, out: Callable[[str], 
         raise CliError(f"cannot read {args.path}: {exc.strerror or exc}") from None
     if _binary_event_size(len(payload), media_type, name) > limit:
         raise CliError(_too_large(args.path, len(payload), media_type, name, limit))
-    with Sender(settings, args.retry) as sender:
+    with Sender(settings, args.retry, gateway=_gateway(args)) as sender:
         out(sender.binary(args.topic, payload, media_type, name))
 
 
@@ -235,7 +253,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings, out: Callable[[str], 
     check_event_type(args.type)
     delays: tuple[float, ...] = args.delays
     start = time.monotonic()
-    with Sender(settings, args.retry) as sender:
+    with Sender(settings, args.retry, gateway=_gateway(args)) as sender:
         for n, delay in enumerate(delays, start=1):
             time.sleep(max(0.0, start + delay - time.monotonic()))
             message = f"demo event {n} of {len(delays)}, {delay:g} s after the first"
@@ -365,6 +383,18 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
         default=default,
         help="prefix of the hub's Redis keys (default: HUB_KEY_PREFIX, else sse:)",
     )
+    group.add_argument(
+        "--hub",
+        metavar="URL",
+        default=default,
+        help="publish through this gateway's POST /publish instead of Redis (needs --token)",
+    )
+    group.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=default,
+        help="with --hub: a JWT whose publish claims cover the topic, or HUB_PUBLISH_TOKEN",
+    )
 
 
 def _add_sending_options(parser: argparse.ArgumentParser, *, event_type: bool = True) -> None:
@@ -484,6 +514,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_sending_options(demo)
     return parser
+
+
+def _gateway(args: argparse.Namespace) -> tuple[str, str] | None:
+    if args.hub is None:
+        return None
+    if not args.token:
+        raise CliError("--hub needs --token")
+    return args.hub, args.token
 
 
 def _settings(args: argparse.Namespace) -> Settings:

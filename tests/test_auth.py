@@ -151,3 +151,28 @@ async def test_requests_over_the_limits_are_refused_with_a_reason(gateway) -> No
             third = await http.get("/events", params={"topic": "c"})
             assert third.status_code == 429 and "2 streams per client" in third.text
         assert (await http.get("/healthz")).status_code == 200
+
+
+def test_the_cli_publishes_through_a_gateway_with_a_publish_token(gateway, redis_url, key_prefix) -> None:
+    import subprocess
+    import sys
+
+    import redis as redis_client
+
+    from hub.topics import Keys
+
+    hub = gateway(PRIVATE)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "publisher.cli", "--hub", hub.url, *args],
+                              capture_output=True, text=True, timeout=30)
+
+    sent = cli("--token", token(publish=["user/42/*"]), "send", "user/42/inbox", "via the gateway")
+    assert sent.returncode == 0, sent.stderr
+    [(sid, fields)] = redis_client.Redis.from_url(redis_url).xrange(Keys(key_prefix).stream("user/42/inbox"))
+    assert sid.decode() == sent.stdout.strip() and fields[b"d"] == b"via the gateway"
+    refused = cli("--token", token(publish=["user/42/*"]), "send", "user/43/inbox", "not mine")
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "403" in refused.stderr and "Traceback" not in refused.stderr
+    missing = cli("send", "user/42/inbox", "x")
+    assert missing.returncode == 1 and "--hub needs --token" in missing.stderr
