@@ -40,6 +40,8 @@ async def _redis_server(binary: str, port: int) -> AsyncIterator[str]:
              "--appendonly", "no", "--dir", workdir],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own session: Ctrl-C in the terminal stops the gateway, which then stops it.
+            start_new_session=True,
         )
         try:
             url = f"redis://127.0.0.1:{port}"

@@ -7,8 +7,10 @@ import contextlib
 import dataclasses
 import logging
 import math
+import shutil
 import signal
 import sys
+from pathlib import Path
 
 import uvicorn
 import uvloop
@@ -67,6 +69,14 @@ async def serve(settings: Settings, worker: bool = False) -> None:
         log.info("gateway stopped", extra={"event": "stop"})
 
 
+def _publish_command() -> str:
+    """`sse-publish`, with the path to it when it is not on the PATH (a virtualenv's bin)."""
+    beside = Path(sys.executable).parent / "sse-publish"
+    if beside.exists() and shutil.which("sse-publish") != str(beside):
+        return str(beside)
+    return "sse-publish"
+
+
 async def _watch(server: uvicorn.Server, gateway: Gateway, development: bool) -> None:
     """Announce the gateway once it listens; end every stream as soon as it is told to exit.
 
@@ -84,7 +94,7 @@ async def _watch(server: uvicorn.Server, gateway: Gateway, development: bool) ->
             f"\n  The hub is running: open {page}\n"
             f"  Single-node development mode: an embedded Redis at {settings.redis_url}\n"
             f"  (set HUB_REDIS_URL to use your own). Publish from another terminal:\n\n"
-            f"    HUB_REDIS_URL={settings.redis_url} sse-publish send demo 'hello'\n",
+            f"    HUB_REDIS_URL={settings.redis_url} {_publish_command()} send demo 'hello'\n",
             flush=True,
         )
     while not server.should_exit:
