@@ -2,7 +2,8 @@
  * publisher: publishes {"seq":<n>,"t":<ns since the epoch>} events at a fixed rate, pipelined.
  *
  *   --mode redis  EVALSHA of the hub's publish script (SHA given, loaded beforehand); the
- *                 targets file has one "<stream key> <channel key>" line per topic.
+ *                 targets file has one "<stream key> <channel key>" line per topic;
+ *                 --announce SPUBLISH for a Redis Cluster node (default PUBLISH).
  *   --mode nchan  HTTP/1.1 POST to Nchan's publisher location; one "<path>" line per topic.
  *
  * Events go round-robin over the topics: event k goes to topic k % T with seq k / T + start,
@@ -58,6 +59,7 @@ static long long o_start_seq = 1;
 static int o_conns = 1;
 static int o_window = 512;
 static const char *o_sha = "";
+static const char *o_announce = "PUBLISH";
 static const char *o_maxlen = "10000";
 static const char *o_maxage = "0";
 static int o_pad = 0;
@@ -129,7 +131,7 @@ static void add_event(pconn_t *c, long long k, char *pad) {
     int dl = snprintf(data, sizeof data, "{\"seq\":%lld,\"t\":%llu%s%s%s}", seq, (unsigned long long)now_ns(),
                       o_pad ? ",\"pad\":\"" : "", o_pad ? pad : "", o_pad ? "\"" : "");
     if (o_redis) {
-        b_add(&c->out, "*9\r\n$7\r\nEVALSHA\r\n", 17);
+        b_add(&c->out, "*10\r\n$7\r\nEVALSHA\r\n", 18);
         b_fmt_bulk(&c->out, o_sha, strlen(o_sha));
         b_add(&c->out, "$1\r\n1\r\n", 7);
         b_fmt_bulk(&c->out, t->a, t->alen);
@@ -138,6 +140,7 @@ static void add_event(pconn_t *c, long long k, char *pad) {
         b_fmt_bulk(&c->out, o_maxlen, strlen(o_maxlen));
         b_fmt_bulk(&c->out, o_maxage, strlen(o_maxage));
         b_fmt_bulk(&c->out, t->b, t->blen);
+        b_fmt_bulk(&c->out, o_announce, strlen(o_announce));
     } else {
         char h[4096 + 256];
         int hl = snprintf(h, sizeof h,
@@ -254,6 +257,7 @@ int main(int argc, char **argv) {
         else if (OPT("--maxlen")) o_maxlen = v;
         else if (OPT("--maxage-ms")) o_maxage = v;
         else if (OPT("--pad")) o_pad = atoi(v);
+        else if (OPT("--announce")) o_announce = v;
         else if (OPT("--ack-timeout")) o_ack_timeout = atof(v);
         else {
             fprintf(stderr, "usage: publisher --mode redis|nchan --port P --targets FILE [--rate R/topic/s]\n"

@@ -13,23 +13,25 @@ from __future__ import annotations
 from hub.config import Settings
 
 _CONNECT = ["+ping", "+hello", "+auth"]
+# In a Redis Cluster: read the slot map, and follow a slot that is being migrated.
+_CLUSTER = ["+cluster|slots", "+asking"]
 
 
 def gateway_rules(prefix: str) -> list[str]:
     return [
-        "resetkeys", "resetchannels", "-@all", *_CONNECT,
+        "resetkeys", "resetchannels", "-@all", *_CONNECT, *_CLUSTER,
         f"%R~{prefix}stream:*", f"&{prefix}channel:*",
-        "+xrange", "+xrevrange", "+subscribe", "+unsubscribe",
+        "+xrange", "+xrevrange", "+subscribe", "+unsubscribe", "+ssubscribe", "+sunsubscribe",
     ]
 
 
 def publisher_rules(prefix: str) -> list[str]:
     return [
-        "resetkeys", "resetchannels", "-@all", *_CONNECT,
+        "resetkeys", "resetchannels", "-@all", *_CONNECT, *_CLUSTER,
         f"~{prefix}stream:*", f"&{prefix}channel:*",
-        "+evalsha", "+eval", "+script|load",
+        "+evalsha", "+eval", "+script|load", "+wait",
         # What hub/publish.lua runs:
-        "+xrevrange", "+xadd", "+xtrim", "+publish", "+time",
+        "+xrevrange", "+xadd", "+xtrim", "+publish", "+spublish", "+time",
     ]
 
 

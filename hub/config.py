@@ -26,8 +26,22 @@ class Settings:
     redis_url: str = _setting(
         "HUB_REDIS_URL",
         "",
-        "Redis to use (`redis://`, `rediss://`, `unix://`). Empty: the gateway starts an "
-        "embedded development server; the publisher uses redis://127.0.0.1:6379.",
+        "Redis to use: one server (`redis://host:6379`, `rediss://`, `unix://`), a Sentinel "
+        "service (`redis+sentinel://s1:26379,s2:26379/service`) or a Cluster "
+        "(`redis+cluster://n1:6379,n2:6379`). Empty: the gateway starts an embedded "
+        "development server; the publisher uses redis://127.0.0.1:6379.",
+    )
+    publish_wait_replicas: int = _setting(
+        "HUB_PUBLISH_WAIT_REPLICAS",
+        0,
+        "Replicas that must hold an event (`WAIT`) before a publish is acknowledged; with 1 "
+        "or more, an acknowledged event survives the failover of its primary.",
+    )
+    publish_wait_ms: int = _setting(
+        "HUB_PUBLISH_WAIT_MS",
+        1000,
+        "How long a publish waits for those replicas before it fails (the event may still "
+        "be delivered).",
     )
     host: str = _setting("HUB_HOST", "127.0.0.1", "Address the gateway listens on.")
     port: int = _setting("HUB_PORT", 8000, "Port the gateway listens on.")
@@ -146,12 +160,18 @@ class Settings:
             "HUB_WORKERS": self.workers,
             "HUB_MAX_URL_BYTES": self.max_url_bytes,
             "HUB_MAX_HEADER_BYTES": self.max_header_bytes,
+            "HUB_PUBLISH_WAIT_MS": self.publish_wait_ms,
         }
         for env, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{env} must be positive, got {value}")
-        if self.retention_maxlen < 0 or self.retention_seconds < 0 or self.max_streams_per_client < 0:
-            raise ConfigError("retention and stream limits cannot be negative")
+        if min(
+            self.retention_maxlen,
+            self.retention_seconds,
+            self.max_streams_per_client,
+            self.publish_wait_replicas,
+        ) < 0:
+            raise ConfigError("retention, stream limits and replicas to wait for cannot be negative")
         if self.private_topics and not self.jwt_key:
             raise ConfigError("HUB_PRIVATE_TOPICS needs HUB_JWT_KEY to verify subscribers' tokens")
         if self.log_format not in ("text", "json"):

@@ -26,6 +26,7 @@ from hub.events import ORIGIN, Event, StreamId
 from hub.history import History
 from hub.sse import Framed
 from hub.stream import ClientStream
+from hub.primaries import Primaries
 from hub.subscription import Subscription
 from hub.topics import Keys
 
@@ -111,7 +112,7 @@ class Counters:
 class Fanout:
     def __init__(
         self,
-        redis_url: str,
+        primaries: Primaries,
         keys: Keys,
         history: History,
         timeout: float,
@@ -121,7 +122,7 @@ class Fanout:
         self._on_delivery = on_delivery
         self._history = history
         self._timeout = timeout
-        self.subscription = Subscription(redis_url, keys, self, timeout)
+        self.subscription = Subscription(primaries, keys, self, timeout)
         self.counters = Counters()
 
     async def __aenter__(self) -> Fanout:
@@ -276,9 +277,6 @@ class Fanout:
         topic = self._topics.get(name)
         if topic is not None:
             self._catch_up(topic)
-
-    def on_connection_lost(self) -> None:
-        """Live events stop until the subscription is back; then each topic catches up."""
 
     def on_message(self, name: str, message: bytes) -> None:
         topic = self._topics.get(name)

@@ -13,16 +13,16 @@ import logging
 import random
 from dataclasses import dataclass
 
-import redis.asyncio
 from redis.exceptions import RedisError
 from starlette.types import Receive, Send
 
-from hub import sse
+from hub import sse, topology
 from hub.config import Settings
 from hub.events import StreamId
 from hub.fanout import Fanout, Resume, Unavailable
 from hub.history import History
 from hub.metrics import Metrics
+from hub.primaries import Primaries
 from hub.stream import ClientStream, Ending, Flusher
 from hub.topics import Keys
 
@@ -30,6 +30,7 @@ log = logging.getLogger("hub.gateway")
 
 TRUNCATED_HEADER = "Hub-Replay-Truncated"
 REDIS_CONNECTIONS = 16
+"""Connections per Redis primary for history reads."""
 
 
 @dataclass
@@ -48,21 +49,15 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         keys = Keys(settings.key_prefix)
-        # A bounded pool that waits for a free connection: after a reconnect every
-        # topic catches up at once, and an unbounded burst would be refused.
-        self.redis = redis.asyncio.Redis(
-            connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=REDIS_CONNECTIONS,
-                timeout=settings.redis_timeout_seconds,
-                socket_timeout=settings.redis_timeout_seconds,
-                socket_connect_timeout=settings.redis_timeout_seconds,
-            )
+        self.primaries = Primaries(
+            topology.from_url(settings.redis_url, settings.redis_timeout_seconds),
+            REDIS_CONNECTIONS,
+            settings.redis_timeout_seconds,
         )
-        self.history = History(self.redis, keys, settings.replay_page)
+        self.history = History(self.primaries, keys, settings.replay_page)
         self.metrics = Metrics()
         self.fanout = Fanout(
-            settings.redis_url,
+            self.primaries,
             keys,
             self.history,
             settings.redis_timeout_seconds,
@@ -76,6 +71,7 @@ class Gateway:
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Gateway:
+        await self.primaries.__aenter__()
         await self.fanout.__aenter__()
         self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
         return self
@@ -85,14 +81,14 @@ class Gateway:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         await self.fanout.__aexit__(*exc_info)
-        await self.redis.aclose()
+        await self.primaries.__aexit__(*exc_info)
 
     async def ready(self) -> str | None:
         """None when this gateway can serve streams, else why not."""
         if not self.fanout.subscription.connected:
             return "redis subscription is down"
         try:
-            await self.redis.ping()
+            await self.primaries.ping()
         except (RedisError, OSError) as exc:
             return f"redis does not answer: {exc}"
         return None

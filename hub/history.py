@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass, field
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
-import redis.asyncio
+from redis.asyncio.client import Pipeline
+
 
 from hub.events import ORIGIN, Event, StreamId, format_id, parse_id
+from hub.primaries import Primaries
 from hub.sse import Framed
 from hub.topics import Keys
 
@@ -33,8 +36,8 @@ class _Read:
 
 
 class History:
-    def __init__(self, redis: redis.asyncio.Redis, keys: Keys, page_size: int) -> None:
-        self._redis = redis
+    def __init__(self, primaries: Primaries, keys: Keys, page_size: int) -> None:
+        self._primaries = primaries
         self._keys = keys
         self.page_size = page_size
         self._tickets = itertools.count(1)
@@ -48,12 +51,12 @@ class History:
 
     async def tail(self, topic: str) -> StreamId:
         """The ID of the topic's newest event, or `ORIGIN` when it has none."""
-        newest = cast(Entries, await self._redis.xrevrange(self._keys.stream(topic), count=1))
+        newest = cast(Entries, await self._read(topic, lambda p, key: p.xrevrange(key, count=1)))
         return parse_id(newest[0][0].decode()) if newest else ORIGIN
 
     async def contains(self, topic: str, sid: StreamId) -> bool:
         text = format_id(sid)
-        return bool(await self._redis.xrange(self._keys.stream(topic), text, text, count=1))
+        return bool(await self._read(topic, lambda p, key: p.xrange(key, text, text, count=1)))
 
     async def page_after(self, topic: str, after: StreamId, not_before: int = 0) -> list[Framed]:
         """Up to `page_size` events after `after`, oldest first."""
@@ -74,8 +77,8 @@ class History:
         try:
             entries = cast(
                 Entries,
-                await self._redis.xrange(
-                    self._keys.stream(topic), f"({format_id(after)}", count=self.page_size
+                await self._read(
+                    topic, lambda p, key: p.xrange(key, f"({format_id(after)}", count=self.page_size)
                 ),
             )
             self.reads_done += 1
@@ -87,6 +90,14 @@ class History:
             read.result.exception()  # retrieved: a read nobody awaits any more is no warning
         finally:
             asyncio.get_running_loop().call_later(SHARE_SECONDS, self._forget, key, read)
+
+    async def _read(self, topic: str, command: Callable[[Pipeline, str], object]) -> Any:
+        """One read of the topic's stream (its key is passed in), on the primary that holds it."""
+        key = self._keys.stream(topic)
+        results = await self._primaries.run(
+            key, lambda pipeline, node: command(pipeline, key), idempotent=True
+        )
+        return results[0]
 
     def _forget(self, key: tuple[str, StreamId], read: _Read) -> None:
         if self._reads.get(key) is read:

@@ -4,6 +4,9 @@
 -- ARGV[1]  data                      ARGV[2]  event type ('' for the default)
 -- ARGV[3]  MAXLEN bound (0: none)    ARGV[4]  age bound in ms (0: none)
 -- ARGV[5]  the topic's pub/sub channel (a channel, not a key: ACLs check it as one)
+-- ARGV[6]  'PUBLISH', or 'SPUBLISH' in a Redis Cluster: sharded pub/sub announces the
+--          event only on the primary that owns the topic's slot (its hash tag), where
+--          the gateways subscribe with SSUBSCRIBE
 --
 -- Each entry records the ID of the entry before it ('p'). A gateway or a
 -- replay that sees an entry whose 'p' is not the last ID it holds knows, for
@@ -31,5 +34,9 @@ if max_age > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
 end
 
-redis.call('PUBLISH', ARGV[5], id .. '\n' .. prev .. '\n' .. ARGV[2] .. '\n' .. ARGV[1])
+local announce = ARGV[6]
+if announce ~= 'PUBLISH' and announce ~= 'SPUBLISH' then
+  return redis.error_reply('ERR ARGV[6] must be PUBLISH or SPUBLISH')
+end
+redis.call(announce, ARGV[5], id .. '\n' .. prev .. '\n' .. ARGV[2] .. '\n' .. ARGV[1])
 return id

@@ -1,11 +1,17 @@
-"""The gateway process's one Redis pub/sub connection, shared by all its clients.
+"""The gateway process's pub/sub: one connection per Redis primary, shared by all its clients.
 
-It owns its reconnect loop rather than trusting the client library's (redis-py
-has a long record of subscriptions that do not come back after a Redis
-restart: redis/redis-py#2089, #2417, #3979). After every (re)connect it
-subscribes to every wanted topic again, and each confirmation tells the
+`Subscription` keeps one `NodeSubscription` per primary (one in all for a single
+server or a Sentinel-watched primary) and subscribes to each wanted topic on
+the primary that owns it. When a primary is lost, or answers that a topic's
+slot is no longer its own, it learns the topology again and moves the topics
+to their new owners.
+
+Each `NodeSubscription` owns its reconnect loop rather than trusting the client
+library's (redis-py has a long record of subscriptions that do not come back
+after a Redis restart: redis/redis-py#2089, #2417, #3979). After every
+(re)connect it subscribes to its topics again, and each confirmation tells the
 listener, which backfills from the stream whatever went by meanwhile. A
-subscription that goes silent is found with `PING` and a deadline.
+connection that goes silent is found with `PING` and a deadline.
 """
 
 from __future__ import annotations
@@ -14,43 +20,76 @@ import asyncio
 import logging
 import math
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio
-from redis.exceptions import RedisError
+from redis.exceptions import MovedError, RedisError, ResponseError
 
+from hub.primaries import Primaries
 from hub.topics import Keys
+from hub.topology import Node
 
 log = logging.getLogger("hub.subscription")
+
+REFRESH_SECONDS = 5.0
+"""How often a gateway re-reads a topology that can change, even when nothing went wrong."""
 
 
 class Listener(Protocol):
     def on_subscribed(self, topic: str) -> None: ...
     def on_message(self, topic: str, message: bytes) -> None: ...
-    def on_connection_lost(self) -> None: ...
 
 
-class Subscription:
-    def __init__(self, redis_url: str, keys: Keys, listener: Listener, timeout: float) -> None:
+@dataclass(frozen=True)
+class Verbs:
+    """The pub/sub commands and replies of one flavour: server-wide or sharded."""
+
+    subscribe: str
+    unsubscribe: str
+    message: bytes
+    subscribed: bytes
+    unsubscribed: bytes
+    channels_per_command: int | None  # None: any number
+
+
+SERVER_WIDE = Verbs("SUBSCRIBE", "UNSUBSCRIBE", b"message", b"subscribe", b"unsubscribe", None)
+# In a cluster, one SSUBSCRIBE may only name channels of one slot.
+SHARDED = Verbs("SSUBSCRIBE", "SUNSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe", 1)
+
+
+class NodeSubscription:
+    """One pub/sub connection to one primary, kept up and subscribed to its topics."""
+
+    def __init__(
+        self,
+        node: Node,
+        verbs: Verbs,
+        keys: Keys,
+        listener: Listener,
+        on_trouble: Callable[[], None],
+        timeout: float,
+    ) -> None:
         # RESP2 keeps pub/sub messages plain replies, whatever the client's default.
-        self._pool = redis.asyncio.ConnectionPool.from_url(
-            redis_url, protocol=2, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self._pool = redis.asyncio.ConnectionPool(**node.options, protocol=2)
+        self.node = node
+        self._verbs = verbs
         self._keys = keys
         self._listener = listener
+        self._on_trouble = on_trouble
         self._timeout = timeout
-        self._wanted: set[str] = set()
+        self.topics: set[str] = set()
         self._connection: redis.asyncio.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = False
         self.reconnects = 0
         self._heard = False
 
-    async def __aenter__(self) -> Subscription:
-        self._task = asyncio.create_task(self._run(), name="redis-subscription")
-        return self
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"redis-subscription {self.node.name}")
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
             try:
@@ -61,21 +100,24 @@ class Subscription:
 
     async def subscribe(self, topic: str) -> None:
         """Want `topic`; the listener hears `on_subscribed` once Redis confirms."""
-        self._wanted.add(topic)
-        await self._send("SUBSCRIBE", self._keys.channel(topic))
+        self.topics.add(topic)
+        await self._send([topic], self._verbs.subscribe)
 
     async def unsubscribe(self, topic: str) -> None:
-        self._wanted.discard(topic)
-        await self._send("UNSUBSCRIBE", self._keys.channel(topic))
+        self.topics.discard(topic)
+        await self._send([topic], self._verbs.unsubscribe)
 
-    async def _send(self, *command: str) -> None:
+    async def _send(self, topics: list[str], verb: str) -> None:
         connection = self._connection
-        if connection is None or not self.connected:
+        if connection is None or not self.connected or not topics:
             return  # the reconnect loop subscribes to everything wanted
+        channels = [self._keys.channel(topic) for topic in topics]
+        size = self._verbs.channels_per_command or len(channels)
+        commands = [(verb, *channels[i : i + size]) for i in range(0, len(channels), size)]
         try:
-            await connection.send_command(*command)
+            await connection.send_packed_command(connection.pack_commands(commands))
         except (RedisError, OSError) as exc:
-            log.debug("sending %s failed (%s); the reconnect loop takes over", command[0], exc)
+            log.debug("sending %s failed (%s); the reconnect loop takes over", verb, exc)
 
     async def _run(self) -> None:
         delay = 0.05
@@ -85,19 +127,20 @@ class Subscription:
                 await connection.connect()  # type: ignore[no-untyped-call]
                 self._connection = connection
                 self.connected = True
-                if self._wanted:
-                    channels = [self._keys.channel(topic) for topic in self._wanted]
-                    await connection.send_command("SUBSCRIBE", *channels)
-                log.info("redis subscription up", extra={"event": "redis_up"})
+                await self._send(list(self.topics), self._verbs.subscribe)
+                log.info("redis subscription up at %s", self.node.name, extra={"event": "redis_up"})
                 delay = 0.05
                 await self._read(connection)
             except (RedisError, OSError) as exc:
                 if self.connected:
                     self.reconnects += 1
                     log.warning(
-                        "redis subscription lost: %s", exc, extra={"event": "redis_lost"}
+                        "redis subscription lost at %s: %s",
+                        self.node.name,
+                        exc,
+                        extra={"event": "redis_lost"},
                     )
-                    self._listener.on_connection_lost()
+                self._on_trouble()
             finally:
                 self.connected = False
                 self._connection = None
@@ -109,9 +152,18 @@ class Subscription:
         watchdog = asyncio.create_task(self._watch(connection))
         try:
             while True:
-                # No deadline per read (it costs more than the parsing at high rates):
-                # the watchdog ends a silent connection instead.
-                reply = await connection.read_response(timeout=math.inf)
+                try:
+                    # No deadline per read (it costs more than the parsing at high rates):
+                    # the watchdog ends a silent connection instead.
+                    reply = await connection.read_response(timeout=math.inf)
+                except MovedError:
+                    self._heard = True
+                    self._on_trouble()  # a topic's slot is served elsewhere now
+                    continue
+                except ResponseError as exc:
+                    self._heard = True
+                    log.error("redis refused a subscription at %s: %s", self.node.name, exc)
+                    continue
                 self._heard = True
                 try:
                     self._dispatch(reply)
@@ -131,15 +183,142 @@ class Subscription:
             await connection.send_command("PING")
             await asyncio.sleep(self._timeout)
             if not self._heard:
-                log.warning("redis subscription silent: no reply to PING in %s s", self._timeout)
+                log.warning(
+                    "redis subscription silent at %s: no reply to PING in %s s",
+                    self.node.name,
+                    self._timeout,
+                )
                 await connection.disconnect()  # the reader fails and the loop reconnects
                 return
 
     def _dispatch(self, reply: list[bytes]) -> None:
         kind = reply[0]
-        if kind == b"message":
+        if kind == self._verbs.message:
             self._listener.on_message(self._keys.topic_of_channel(reply[1].decode()), reply[2])
-        elif kind == b"subscribe":
+        elif kind == self._verbs.subscribed:
             topic = self._keys.topic_of_channel(reply[1].decode())
-            if topic in self._wanted:
+            if topic in self.topics:
                 self._listener.on_subscribed(topic)
+        elif kind == self._verbs.unsubscribed and reply[1] is not None:
+            # Unasked: a primary that loses a slot unsubscribes its shard channels.
+            topic = self._keys.topic_of_channel(reply[1].decode())
+            if topic in self.topics:
+                self.topics.discard(topic)
+                self._on_trouble()
+
+
+class Subscription:
+    """Every wanted topic, subscribed on the primary that owns it."""
+
+    def __init__(
+        self, primaries: Primaries, keys: Keys, listener: Listener, timeout: float
+    ) -> None:
+        self._primaries = primaries
+        self._topology = primaries.topology
+        self._keys = keys
+        self._listener = listener
+        self._timeout = timeout
+        self._verbs = SHARDED if self._topology.sharded else SERVER_WIDE
+        self._wanted: set[str] = set()
+        self._nodes: dict[str, NodeSubscription] = {}
+        self._placed: dict[str, NodeSubscription] = {}
+        self._trouble = asyncio.Event()
+        self._known = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Subscription:
+        self._task = asyncio.create_task(self._follow_topology(), name="redis-topology")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        nodes, self._nodes = self._nodes, {}
+        for node in nodes.values():
+            await node.aclose()
+
+    @property
+    def connected(self) -> bool:
+        """Whether every primary's connection is up, so every topic's events arrive."""
+        return self._known and all(node.connected for node in self._nodes.values())
+
+    @property
+    def reconnects(self) -> int:
+        return sum(node.reconnects for node in self._nodes.values())
+
+    async def subscribe(self, topic: str) -> None:
+        """Want `topic`; the listener hears `on_subscribed` once Redis confirms."""
+        self._wanted.add(topic)
+        if self._known:
+            await self._place(topic)
+
+    async def unsubscribe(self, topic: str) -> None:
+        self._wanted.discard(topic)
+        node = self._placed.pop(topic, None)
+        if node is not None:
+            await node.unsubscribe(topic)
+
+    def _on_trouble(self) -> None:
+        self._trouble.set()
+
+    async def _follow_topology(self) -> None:
+        """Learn the primaries, keep a connection to each, and keep topics on their owners."""
+        delay = 0.05
+        while True:
+            try:
+                await self._primaries.refresh()
+            except (RedisError, OSError) as exc:
+                log.warning("learning the Redis topology failed: %s", exc)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.05
+            self._known = True
+            await self._place_all()
+            if not self._topology.moves:
+                await self._trouble.wait()  # a lone server: its connection reconnects itself
+                self._trouble.clear()
+                continue
+            # While a primary is lost, ask again soon: its replica may have taken over.
+            settled = all(node.connected for node in self._nodes.values())
+            try:
+                await asyncio.wait_for(
+                    self._trouble.wait(), REFRESH_SECONDS if settled else 0.25
+                )
+            except TimeoutError:
+                pass
+            self._trouble.clear()
+
+    async def _place_all(self) -> None:
+        primaries = {node.name: node for node in self._topology.primaries()}
+        for name, node in primaries.items():
+            if name not in self._nodes:
+                subscription = NodeSubscription(
+                    node, self._verbs, self._keys, self._listener, self._on_trouble, self._timeout
+                )
+                self._nodes[name] = subscription
+                subscription.start()
+        for topic in list(self._wanted):
+            await self._place(topic)
+        for name in [name for name in self._nodes if name not in primaries]:
+            if not self._nodes[name].topics:
+                log.info("redis node %s is no longer a primary", name)
+                await self._nodes.pop(name).aclose()
+
+    async def _place(self, topic: str) -> None:
+        """Subscribe `topic` on its owner, leaving the node it was on, if that changed."""
+        try:
+            owner = self._nodes.get(self._topology.owner(self._keys.channel(topic)).name)
+        except RedisError:
+            return  # no owner known now; the next refresh places it
+        placed = self._placed.get(topic)
+        if owner is None or (placed is owner and topic in owner.topics):
+            return
+        if placed is not None and placed is not owner:
+            await placed.unsubscribe(topic)
+        self._placed[topic] = owner
+        await owner.subscribe(topic)

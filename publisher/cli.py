@@ -101,8 +101,7 @@ class Sender:
         """Fail now rather than at the first line, which may come much later."""
         if isinstance(self._publisher, HttpPublisher):
             return  # a gateway is asked at the first event
-        with redis.Redis.from_url(self._url) as client:
-            self._call(client.ping)
+        self._call(self._publisher.ping)
 
     def text(self, topic: str, data: str, event_type: str = "") -> str:
         return self._call(lambda: self._publisher.publish(topic, data, event_type))
@@ -152,6 +151,9 @@ def _reason(exc: BaseException) -> str:
     """The most specific cause, e.g. 'Connection refused' rather than 'Error 111 ...'."""
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, OSError) and cause.errno:
+            # asyncio's strerror is "Connect call failed (...)"; the errno says why.
+            return os.strerror(cause.errno)
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
         cause = cause.__cause__ or cause.__context__

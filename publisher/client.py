@@ -6,56 +6,146 @@
     async with AsyncPublisher.from_env() as hub:
         event_id = await hub.publish("news", "hello")
 
-Both run `hub/publish.lua` with EVALSHA (loading it on first use), so the ID
-returned is the stream entry ID that subscribers see as the event's `id`.
+Both run `hub/publish.lua` with EVALSHA on the primary that owns the topic
+(one server, the Sentinel-named primary, or the Cluster node of the topic's
+slot), so the ID returned is the stream entry ID that subscribers see as the
+event's `id`. With `HUB_PUBLISH_WAIT_REPLICAS`, `WAIT` follows on the same
+connection, and a publish is acknowledged only once that many replicas hold
+the event. `Publisher` runs an `AsyncPublisher` on a private event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import threading
+from collections.abc import Coroutine
 from importlib.resources import files
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-import redis
-import redis.asyncio
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError, RedisError
 
+from hub import topology
 from hub.config import Settings
 from hub.events import BINARY_MEDIA_TYPE, binary_data, check_data, check_event_type
+from hub.primaries import Primaries
 from hub.topics import Keys, check_topic
+from hub.topology import Node
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 PUBLISH_SCRIPT = files("hub").joinpath("publish.lua").read_text()
+PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
+CONNECTIONS_PER_PRIMARY = 64
+T = TypeVar("T")
 
 
-# The script is loaded before its first EVALSHA, not on NOSCRIPT: the embedded
-# development server (fakeredis) answers an unknown SHA with an error redis-py does
-# not recognise. redis-py still reloads it on NOSCRIPT after a Redis restart.
+class NotReplicated(RedisError):
+    """The event was written, but fewer replicas than asked for hold it yet."""
+
+    def __init__(self, event_id: str, replicas: int, wanted: int, waited_ms: int) -> None:
+        super().__init__(
+            f"event {event_id} reached {replicas} of {wanted} replicas in {waited_ms} ms;"
+            " it is not acknowledged and may be lost if its primary fails"
+        )
+        self.event_id = event_id
 
 
-class _Calls:
-    """What the sync and async publishers share: checks and the script's arguments."""
+class AsyncPublisher:
+    """Publishes events from asyncio code. Use it as an async context manager."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
-        self.redis_url = settings.redis_url or DEFAULT_REDIS_URL
+        self._keys = Keys(settings.key_prefix)
+        self._primaries = Primaries(
+            topology.from_url(settings.redis_url or DEFAULT_REDIS_URL, settings.redis_timeout_seconds),
+            CONNECTIONS_PER_PRIMARY,
+            settings.redis_timeout_seconds,
+        )
+        self._announce = "SPUBLISH" if self._primaries.topology.sharded else "PUBLISH"
+        # Primaries the script is known to be loaded on. It is loaded before the first
+        # EVALSHA, not on NOSCRIPT: the embedded development server (fakeredis) answers
+        # an unknown SHA with an error redis-py does not recognise.
+        self._loaded: set[str] = set()
 
-    def arguments(self, topic: str, data: str, event_type: str) -> tuple[list[str], list[Any]]:
+    @classmethod
+    def from_env(cls) -> AsyncPublisher:
+        return cls(Settings.from_env())
+
+    async def publish(self, topic: str, data: str, event_type: str = "") -> str:
+        """Append and announce one event; return its ID."""
         check_topic(topic)
         check_event_type(event_type)
         check_data(data, self.settings.max_event_bytes)
-        retention = [self.settings.retention_maxlen, self.settings.retention_seconds * 1000]
-        return [self.keys.stream(topic)], [data, event_type, *retention, self.keys.channel(topic)]
+        key = self._keys.stream(topic)
+        args: list[str | int] = [
+            data,
+            event_type,
+            self.settings.retention_maxlen,
+            self.settings.retention_seconds * 1000,
+            self._keys.channel(topic),
+            self._announce,
+        ]
+        wait = self.settings.publish_wait_replicas
+
+        used: list[Node] = []
+
+        def commands(pipeline: Pipeline, node: Node) -> None:
+            used.append(node)
+            if node.name not in self._loaded:
+                pipeline.script_load(PUBLISH_SCRIPT)
+            pipeline.evalsha(PUBLISH_SHA, 1, key, *args)
+            if wait:
+                pipeline.execute_command("WAIT", wait, self.settings.publish_wait_ms)
+
+        try:
+            results = await self._primaries.run(key, commands, idempotent=False)
+        except NoScriptError:  # a restarted or promoted primary lost its script cache
+            self._loaded.clear()
+            results = await self._primaries.run(key, commands, idempotent=False)
+        self._loaded.add(used[-1].name)
+        if wait:
+            *results, replicas = results
+        event_id = _text(results[-1])
+        if wait and int(replicas) < wait:
+            raise NotReplicated(event_id, int(replicas), wait, self.settings.publish_wait_ms)
+        return event_id
+
+    async def publish_bytes(
+        self, topic: str, payload: bytes, media_type: str = BINARY_MEDIA_TYPE, name: str = ""
+    ) -> str:
+        return await self.publish(topic, binary_data(payload, media_type, name))
+
+    async def ping(self) -> None:
+        """Raise unless every primary answers."""
+        await self._primaries.ping()
+
+    async def aclose(self) -> None:
+        await self._primaries.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> AsyncPublisher:
+        await self._primaries.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
 
 class Publisher:
-    """Publishes events synchronously. Use it as a context manager."""
+    """Publishes events synchronously, from any thread. Use it as a context manager."""
 
     def __init__(self, settings: Settings) -> None:
-        self._calls = _Calls(settings)
-        self._redis = redis.Redis.from_url(self._calls.redis_url)
-        self._script = self._redis.register_script(PUBLISH_SCRIPT)
-        self._loaded = False
+        self._publisher = AsyncPublisher(settings)
+        # Its own loop in its own thread: callable from plain code and from code that
+        # runs inside some other event loop alike.
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="hub-publisher", daemon=True
+        )
+        self._thread.start()
 
     @classmethod
     def from_env(cls) -> Publisher:
@@ -63,19 +153,29 @@ class Publisher:
 
     def publish(self, topic: str, data: str, event_type: str = "") -> str:
         """Append and announce one event; return its ID."""
-        keys, args = self._calls.arguments(topic, data, event_type)
-        if not self._loaded:
-            self._redis.script_load(PUBLISH_SCRIPT)
-            self._loaded = True
-        return _text(self._script(keys=keys, args=args))
+        return self._run(self._publisher.publish(topic, data, event_type))
 
     def publish_bytes(
         self, topic: str, payload: bytes, media_type: str = BINARY_MEDIA_TYPE, name: str = ""
     ) -> str:
         return self.publish(topic, binary_data(payload, media_type, name))
 
+    def ping(self) -> None:
+        """Raise unless every primary answers."""
+        self._run(self._publisher.ping())
+
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
+
     def close(self) -> None:
-        self._redis.close()
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self._publisher.aclose())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
 
     def __enter__(self) -> Publisher:
         return self
@@ -84,44 +184,6 @@ class Publisher:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-class AsyncPublisher:
-    """Publishes events from asyncio code. Use it as an async context manager."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._calls = _Calls(settings)
-        self._redis = redis.asyncio.Redis.from_url(self._calls.redis_url)
-        self._script = self._redis.register_script(PUBLISH_SCRIPT)
-        self._loaded = False
-
-    @classmethod
-    def from_env(cls) -> AsyncPublisher:
-        return cls(Settings.from_env())
-
-    async def publish(self, topic: str, data: str, event_type: str = "") -> str:
-        """Append and announce one event; return its ID."""
-        keys, args = self._calls.arguments(topic, data, event_type)
-        if not self._loaded:
-            await self._redis.script_load(PUBLISH_SCRIPT)
-            self._loaded = True
-        return _text(await self._script(keys=keys, args=args))
-
-    async def publish_bytes(
-        self, topic: str, payload: bytes, media_type: str = BINARY_MEDIA_TYPE, name: str = ""
-    ) -> str:
-        return await self.publish(topic, binary_data(payload, media_type, name))
-
-    async def aclose(self) -> None:
-        await self._redis.aclose()
-
-    async def __aenter__(self) -> AsyncPublisher:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 def _text(value: Any) -> str:

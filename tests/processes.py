@@ -100,6 +100,7 @@ def _wait_stopped(process: subprocess.Popen[bytes], timeout: float) -> int:
 class RedisServer:
     """A private `redis-server` on 127.0.0.1, on a free port, in its own directory.
 
+    `sentinel=True` runs it as a Redis Sentinel, configured by `config_path`.
     `persistent=True` turns on append-only persistence (fsync on every write), so what
     was acknowledged survives kill() + start(). start()/restart() always reuse the same
     port and directory; close() (or leaving the `with` block) kills it and removes the
@@ -113,8 +114,10 @@ class RedisServer:
         port: int | None = None,
         directory: Path | None = None,
         extra_args: Sequence[str] = (),
+        sentinel: bool = False,
     ) -> None:
         self.binary = require_tool("redis-server")
+        self.sentinel = sentinel
         self.port = port if port is not None else free_port()
         self._owns_directory = directory is None
         self.directory = (
@@ -123,6 +126,7 @@ class RedisServer:
         self.persistent = persistent
         self.extra_args = tuple(extra_args)
         self.log_path = self.directory / "redis.log"
+        self.config_path = self.directory / "redis.conf"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -143,8 +147,12 @@ class RedisServer:
             if self.persistent
             else ["--appendonly", "no"]
         )
+        if not self.config_path.exists():
+            self.config_path.write_text("")
+        # A sentinel rewrites its configuration file: it must be one, and come first.
         return [
-            self.binary,
+            self.binary, str(self.config_path),
+            *(["--sentinel"] if self.sentinel else []),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.directory),

@@ -140,7 +140,7 @@ async def test_resume_far_back_in_a_long_history(gateway, redis_url, key_prefix)
         for start in range(1, total, 2000):
             with client.pipeline(transaction=False) as pipe:
                 for n in range(start, min(start + 2000, total)):
-                    script(keys=[stream], args=[str(n), "", 100_000, 0, channel], client=pipe)
+                    script(keys=[stream], args=[str(n), "", 100_000, 0, channel, "PUBLISH"], client=pipe)
                 ids += [i.decode() for i in pipe.execute()]
     assert client.xlen(stream) == total
     hub = gateway({"HUB_REPLAY_PAGE": "500"})

@@ -1,0 +1,128 @@
+"""A client for each Redis primary, and commands run on the primary that owns their key.
+
+Gateways read history and publishers run the publish script through
+`Primaries.run`: the commands go, pipelined on one connection, to the owner of
+the key. A `MOVED` or `READONLY` answer (a slot moved, a primary was demoted)
+means nothing ran: the topology is learnt again and the commands are sent to
+the new owner. An `ASK` during a slot migration sends them once to the
+importing node, after `ASKING`. A lost connection is retried only for
+commands that are safe to run twice; otherwise it is the caller's to report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio
+from redis.asyncio.client import Pipeline
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from hub.topology import Node, NoPrimary, Topology
+
+log = logging.getLogger("hub.primaries")
+
+Commands = Callable[[Pipeline, Node], object]
+"""Adds commands to a pipeline bound for `Node`."""
+
+_REROUTE = (MovedError, ReadOnlyError, TryAgainError, ClusterDownError, NoPrimary)
+_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Primaries:
+    def __init__(self, topology: Topology, max_connections: int, timeout: float) -> None:
+        self.topology = topology
+        self._max_connections = max_connections
+        self._timeout = timeout
+        self._clients: dict[str, redis.asyncio.Redis] = {}
+        self._refreshing: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Primaries:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.aclose()
+
+    def client(self, node: Node) -> redis.asyncio.Redis:
+        client = self._clients.get(node.name)
+        if client is None:
+            # A bounded pool that waits for a free connection: after a reconnect every
+            # topic catches up at once, and an unbounded burst would be refused.
+            pool = redis.asyncio.BlockingConnectionPool(
+                max_connections=self._max_connections, timeout=self._timeout, **node.options
+            )
+            client = self._clients[node.name] = redis.asyncio.Redis.from_pool(pool)
+        return client
+
+    async def refresh(self) -> None:
+        """Learn the topology again; concurrent callers share one refresh."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self.topology.refresh())
+        await asyncio.shield(self._refreshing)
+
+    async def run(self, key: str, commands: Commands, *, idempotent: bool) -> list[Any]:
+        """Run `commands` on the primary that owns `key`; their results, in order."""
+        deadline = time.monotonic() + self._timeout
+        asking: Node | None = None
+        delay = 0.02
+        while True:
+            try:
+                node = asking or self.topology.owner(key)
+                pipeline = self.client(node).pipeline(transaction=False)
+                if asking is not None:
+                    pipeline.execute_command("ASKING")
+                commands(pipeline, node)
+                results = await pipeline.execute()
+                return results[1:] if asking is not None else results
+            except AskError as exc:
+                asking = self._node_at(exc.host, exc.port)
+                continue
+            except _REROUTE as exc:
+                failure: Exception = exc
+            except _LOST as exc:
+                if not idempotent:
+                    await self._refresh_quietly()
+                    raise
+                failure = exc
+            asking = None
+            if time.monotonic() + delay > deadline:
+                raise failure
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            await self._refresh_quietly()
+
+    async def ping(self) -> None:
+        """Raise unless every known primary answers."""
+        primaries = self.topology.primaries()
+        if not primaries:
+            await self.refresh()
+            primaries = self.topology.primaries()
+        await asyncio.gather(*(self.client(node).ping() for node in primaries))
+
+    def _node_at(self, host: str, port: int | str) -> Node:
+        for node in self.topology.primaries():
+            if node.name == f"{host}:{port}":
+                return node
+        # A node importing a slot may not be in the slot map yet.
+        template = self.topology.primaries()[0].options
+        return Node(f"{host}:{port}", {**template, "host": host, "port": int(port)})
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except (RedisError, OSError) as exc:
+            log.debug("learning the Redis topology failed: %s", exc)

@@ -1,0 +1,234 @@
+"""Redis's distributed modes as real processes: a Redis Cluster, and a Sentinel-managed primary.
+
+Both are built from `RedisServer` (tests/processes.py), bind to 127.0.0.1 on free
+ports, use short failure-detection timeouts so a failover takes seconds, and
+kill every process they started when closed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+import redis
+from redis.crc import key_slot
+
+from processes import ProcessStartError, RedisServer, free_port, require_tool
+
+NODE_TIMEOUT_MS = 1000
+"""How long a cluster node or a sentinel waits before it calls a silent primary down."""
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (redis.RedisError, OSError):
+            pass
+        time.sleep(0.1)
+    raise ProcessStartError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _info(server: RedisServer, section: str) -> dict[str, str]:
+    with server.client() as client:
+        raw = client.execute_command("INFO", section)
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if isinstance(raw, dict):  # redis-py parses INFO into a dict
+        return {str(k): str(v) for k, v in raw.items()}
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+class ClusterProcesses:
+    """A Redis Cluster of `primaries` primaries with `replicas` replicas each."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 1) -> None:
+        self.redis_cli = require_tool("redis-cli")
+        self.primaries = primaries
+        self.replicas = replicas
+        self.servers: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        """The hub's cluster URL: every node as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def start(self, timeout: float = 60.0) -> Self:
+        for _ in range(self.primaries * (1 + self.replicas)):
+            server = RedisServer(
+                extra_args=[
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                    "--cluster-port", str(free_port()),
+                    # a primary killed at once: its replica must take over without a grace period
+                    "--cluster-replica-validity-factor", "0",
+                ]
+            )  # fmt: skip
+            self.servers.append(server)
+            server.start()
+        if self.primaries == 1 and self.replicas == 0:
+            self._assign_all_slots(self.servers[0])
+        else:
+            subprocess.run(
+                [
+                    self.redis_cli, "--cluster", "create",
+                    *(f"127.0.0.1:{s.port}" for s in self.servers),
+                    "--cluster-replicas", str(self.replicas), "--cluster-yes",
+                ],
+                check=True, capture_output=True, timeout=timeout,
+            )  # fmt: skip
+        wait_until(self._healthy, timeout, "the cluster to be ok on every node")
+        return self
+
+    def _assign_all_slots(self, server: RedisServer) -> None:
+        # `redis-cli --cluster create` wants three primaries; one node takes every slot itself.
+        with server.client() as client:
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+
+    def _healthy(self) -> bool:
+        for server in self.servers:
+            if not server.running:
+                continue
+            if _info(server, "cluster").get("cluster_enabled") != "1":
+                return False
+            with server.client() as client:
+                state = client.execute_command("CLUSTER", "INFO")
+            text = state.decode() if isinstance(state, bytes) else str(state)
+            if "cluster_state:ok" not in text:
+                return False
+            replication = _info(server, "replication")
+            if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+                return False
+        return True
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The running server that owns `key`'s slot now."""
+        slot = key_slot(key.encode())
+        for server in self.servers:
+            if not server.running:
+                continue
+            with server.client() as client:
+                for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end:
+                        port = int(primary[1])
+                        return next(s for s in self.servers if s.port == port)
+        raise LookupError(f"no running node knows the owner of slot {slot}")
+
+    def wait_failover(self, killed: RedisServer, timeout: float = 30.0) -> None:
+        """Wait until replicas own every slot the killed primary had and the cluster is ok."""
+
+        def taken_over() -> bool:
+            survivor = next(s for s in self.servers if s.running)
+            with survivor.client() as client:
+                slots = client.execute_command("CLUSTER", "SLOTS")
+            owners = {int(primary[1]) for _, _, primary, *_ in slots}
+            return killed.port not in owners and self._healthy()
+
+        wait_until(taken_over, timeout, f"a replica to take over from port {killed.port}")
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+SERVICE_NAME = "hubprimary"
+
+
+class SentinelProcesses:
+    """A primary, `replicas` replicas, and `sentinels` sentinels watching them as SERVICE_NAME."""
+
+    def __init__(self, replicas: int = 1, sentinels: int = 3) -> None:
+        self.primary = RedisServer()
+        self.replicas = [RedisServer() for _ in range(replicas)]
+        self.sentinel_count = sentinels
+        self.sentinels: list[RedisServer] = []
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [self.primary, *self.replicas]
+
+    @property
+    def url(self) -> str:
+        addresses = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{addresses}/{SERVICE_NAME}"
+
+    def start(self, timeout: float = 60.0) -> Self:
+        self.primary.start()
+        for replica in self.replicas:
+            replica.extra_args = ("--replicaof", "127.0.0.1", str(self.primary.port))
+            replica.start()
+        quorum = self.sentinel_count // 2 + 1
+        for _ in range(self.sentinel_count):
+            sentinel = RedisServer(sentinel=True)
+            sentinel.config_path.write_text(
+                f"port {sentinel.port}\n"
+                "bind 127.0.0.1\n"
+                f"sentinel monitor {SERVICE_NAME} 127.0.0.1 {self.primary.port} {quorum}\n"
+                f"sentinel down-after-milliseconds {SERVICE_NAME} {NODE_TIMEOUT_MS}\n"
+                f"sentinel failover-timeout {SERVICE_NAME} 5000\n"
+                f"sentinel parallel-syncs {SERVICE_NAME} 1\n"
+            )
+            self.sentinels.append(sentinel)
+            sentinel.start()
+        wait_until(self._watching, timeout, "the sentinels to see the primary and its replicas")
+        return self
+
+    def _watching(self) -> bool:
+        for sentinel in self.sentinels:
+            with sentinel.client() as client:
+                replicas = client.execute_command("SENTINEL", "REPLICAS", SERVICE_NAME)
+                others = client.execute_command("SENTINEL", "SENTINELS", SERVICE_NAME)
+            if len(replicas) < len(self.replicas) or len(others) < self.sentinel_count - 1:
+                return False
+        return all(
+            _info(r, "replication").get("master_link_status") == "up" for r in self.replicas
+        )
+
+    def current_primary(self) -> RedisServer:
+        with self.sentinels[0].client() as client:
+            host, port = client.execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE_NAME
+            )
+        return next(s for s in self.servers if s.port == int(port))
+
+    def wait_failover(self, killed: RedisServer, timeout: float = 30.0) -> RedisServer:
+        def promoted() -> bool:
+            current = self.current_primary()
+            return (
+                current is not killed
+                and _info(current, "replication").get("role") == "master"
+            )
+
+        wait_until(promoted, timeout, f"the sentinels to replace port {killed.port}")
+        return self.current_primary()
+
+    def close(self) -> None:
+        for server in (*self.sentinels, *self.servers):
+            server.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
