@@ -154,11 +154,11 @@ class Cluster(Topology):
     def _slot_map(self, ranges: Any, asked: Node) -> list[Node | None]:
         slots: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         nodes: dict[tuple[str, int], Node] = {}
-        # redis-py parses CLUSTER SLOTS into {(start, end): {"primary": (host, port), ...}}.
-        for (start, end), served in dict(ranges).items():
-            host, port = served["primary"]
+        # Each range: [start, end, [primary host, port, id, ...], [replica ...], ...]
+        for start, end, primary, *_ in ranges:
+            host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
             # A node that does not know its own address reports an empty host.
-            address = (host or asked.options["host"], int(port))
+            address = (host or asked.options["host"], int(primary[1]))
             node = nodes.setdefault(address, self._node(*address))
             slots[int(start) : int(end) + 1] = [node] * (int(end) - int(start) + 1)
         return slots

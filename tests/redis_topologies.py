@@ -82,8 +82,12 @@ class ClusterProcesses:
                 ],
                 check=True, capture_output=True, timeout=timeout,
             )  # fmt: skip
-        wait_until(self._healthy, timeout, "the cluster to be ok on every node")
+        self.wait_healthy(timeout)
         return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Wait until every running node says the cluster is ok and every replica is in sync."""
+        wait_until(self._healthy, timeout, "the cluster to be ok on every node")
 
     def _assign_all_slots(self, server: RedisServer) -> None:
         # `redis-cli --cluster create` wants three primaries; one node takes every slot itself.

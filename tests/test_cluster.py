@@ -1,0 +1,176 @@
+"""The hub on a Redis Cluster: sharded pub/sub, replay from each slot's node, failover.
+
+A real cluster of `redis-server` processes (three primaries, a replica each,
+made by `redis-cli --cluster create`), real gateway processes, and topics
+spread over every primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from failover import WaitingPublisher, settle_and_tally
+from hub.topics import Keys
+from processes import Gateways, RedisServer
+from redis_topologies import ClusterProcesses
+from sse_client import Listener, ReconnectingListener, publisher
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def cluster() -> Iterator[ClusterProcesses]:
+    with ClusterProcesses(primaries=3, replicas=1) as started:
+        yield started
+
+
+def spread_topics(cluster: ClusterProcesses, key_prefix: str, per_primary: int) -> dict[int, list[str]]:
+    """Topic names, `per_primary` owned by each primary, keyed by the primary's port."""
+    keys = Keys(key_prefix)
+    owned: dict[int, list[str]] = {}
+    n = 0
+    while len(owned) < 3 or min(len(topics) for topics in owned.values()) < per_primary:
+        topic = f"topic-{n}"
+        port = cluster.primary_of(keys.stream(topic)).port
+        if len(owned.setdefault(port, [])) < per_primary:
+            owned[port].append(topic)
+        n += 1
+    return owned
+
+
+def pubsub_connections(server: RedisServer) -> int:
+    with server.client() as client:
+        return sum(1 for entry in client.client_list() if "P" in entry["flags"])
+
+
+async def test_events_on_every_primary_reach_their_clients(
+    cluster: ClusterProcesses, gateway: Gateways, key_prefix: str
+) -> None:
+    owned = spread_topics(cluster, key_prefix, per_primary=3)
+    topics = [topic for names in owned.values() for topic in names]
+    hub = gateway(redis_url=cluster.url)
+    clients = [Listener(hub.url, [topic]).start() for topic in topics]
+    everything = Listener(hub.url, topics).start()
+    for client in [*clients, everything]:
+        await client.wait_connected()
+    async with publisher(cluster.url, key_prefix) as pub:
+        for round in range(5):
+            for topic in topics:
+                await pub.publish(topic, f"{topic} {round}")
+    for client, topic in zip(clients, topics, strict=True):
+        await client.wait_for(5)
+        assert client.data == [f"{topic} {round}" for round in range(5)]
+    await everything.wait_for(5 * len(topics))
+    assert sorted(everything.data) == sorted(f"{t} {r}" for t in topics for r in range(5))
+
+    keys = Keys(key_prefix)
+    for port, names in owned.items():
+        primary = next(s for s in cluster.servers if s.port == port)
+        with primary.client() as client:
+            counts = dict(client.pubsub_shardnumsub(*(keys.channel(t) for t in names)))
+        assert set(counts.values()) == {1}, "each topic subscribed on the primary that owns it"
+        assert pubsub_connections(primary) == 1, "one connection per primary, not per topic"
+    for client in [*clients, everything]:
+        await client.close()
+
+
+async def test_a_client_resumes_topics_of_several_primaries_on_another_gateway(
+    cluster: ClusterProcesses, gateway: Gateways, key_prefix: str
+) -> None:
+    topics = [names[0] for names in spread_topics(cluster, key_prefix, per_primary=1).values()]
+    first, second = gateway(redis_url=cluster.url), gateway(redis_url=cluster.url)
+    client = Listener(first.url, topics).start()
+    await client.wait_connected()
+    async with publisher(cluster.url, key_prefix) as pub:
+        for topic in topics:
+            await pub.publish(topic, f"{topic} before")
+        await client.wait_for(3)
+        await client.close()
+        for topic in topics:
+            await pub.publish(topic, f"{topic} missed")
+    resumed = Listener(second.url, topics, last_event_id=client.cursor).start()
+    await resumed.wait_for(3)
+    assert sorted(resumed.data) == sorted(f"{topic} missed" for topic in topics)
+    await resumed.close()
+
+
+async def test_a_primary_fails_over_mid_stream_and_no_acknowledged_event_is_lost(
+    cluster: ClusterProcesses, gateway: Gateways, key_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    owned = spread_topics(cluster, key_prefix, per_primary=4)
+    topics = [topic for names in owned.values() for topic in names]
+    env = {"HUB_RETRY_MS": "400", "HUB_REDIS_TIMEOUT_SECONDS": "2"}
+    hubs = [gateway(env, redis_url=cluster.url) for _ in range(2)]
+    clients = [ReconnectingListener(hub.url, [topic]).start() for hub in hubs for topic in topics]
+    clients += [ReconnectingListener(hub.url, topics).start() for hub in hubs]
+    deadline = time.monotonic() + 20
+    while any(client.connections == 0 for client in clients):
+        assert time.monotonic() < deadline, "clients did not connect"
+        await asyncio.sleep(0.05)
+
+    steady = WaitingPublisher(cluster.url, key_prefix, topics, rate=200, wait_replicas=1)
+    publishing = asyncio.create_task(steady.run(seconds=10))
+    await asyncio.sleep(2.5)
+    victim = next(s for s in cluster.servers if s.port == next(iter(owned)))
+    victim.kill()
+    killed_at = time.monotonic()
+    await asyncio.to_thread(cluster.wait_failover, victim)
+    took_over = time.monotonic() - killed_at
+    # Back, empty, it rejoins as the replica of its successor, so waiting for one works again.
+    await asyncio.to_thread(victim.start)
+    await asyncio.to_thread(cluster.wait_healthy)
+    await publishing
+    with capsys.disabled():
+        print(f"\n[cluster failover] a replica took over {took_over:.1f} s after the kill")
+    keys = Keys(key_prefix)
+    for topic in owned[victim.port]:
+        assert cluster.primary_of(keys.stream(topic)).port != victim.port
+    await settle_and_tally(clients, steady, "cluster failover", capsys)
+    assert all(len(events) > 20 for events in steady.acknowledged.values())
+    for hub in hubs:
+        assert "redis subscription lost" in hub.log_text()
+
+
+async def test_a_topic_whose_slot_migrates_keeps_its_events_in_order(
+    cluster: ClusterProcesses, gateway: Gateways, key_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    owned = spread_topics(cluster, key_prefix, per_primary=1)
+    topic = owned[next(iter(owned))][0]
+    keys = Keys(key_prefix)
+    hub = gateway(redis_url=cluster.url)
+    clients = [ReconnectingListener(hub.url, [topic]).start() for _ in range(3)]
+    while any(client.connections == 0 for client in clients):
+        await asyncio.sleep(0.05)
+    steady = WaitingPublisher(cluster.url, key_prefix, [topic], rate=100, wait_replicas=1)
+    publishing = asyncio.create_task(steady.run(seconds=5))
+    await asyncio.sleep(1.5)
+    source = cluster.primary_of(keys.stream(topic))
+    target = next(s for s in cluster.servers if s.port in owned and s is not source)
+    await asyncio.to_thread(migrate_slot, source, target, keys.stream(topic))
+    await publishing
+    assert cluster.primary_of(keys.stream(topic)) is target
+    for server, subscribed in ((source, 0), (target, 1)):
+        with server.client() as client:
+            assert dict(client.pubsub_shardnumsub(keys.channel(topic))) == {
+                keys.channel(topic).encode(): subscribed
+            }, "the gateway followed the slot"
+    await settle_and_tally(clients, steady, "slot migration", capsys)
+
+
+def migrate_slot(source: RedisServer, target: RedisServer, key: str) -> None:
+    """Move `key`'s slot from `source` to `target` the way `redis-cli --cluster reshard` does."""
+    with source.client() as src, target.client() as dst:
+        slot = int(src.execute_command("CLUSTER KEYSLOT", key))
+        source_id = src.execute_command("CLUSTER MYID").decode()
+        target_id = dst.execute_command("CLUSTER MYID").decode()
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        time.sleep(0.5)  # the stream has moved, the slot not yet: publishes are answered with ASK
+        for client in (dst, src):
+            client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
