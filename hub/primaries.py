@@ -5,8 +5,10 @@ Gateways read history and publishers run the publish script through
 the key. A `MOVED` or `READONLY` answer (a slot moved, a primary was demoted)
 means nothing ran: the topology is learnt again and the commands are sent to
 the new owner. An `ASK` during a slot migration sends them once to the
-importing node, after `ASKING`. A lost connection is retried only for
-commands that are safe to run twice; otherwise it is the caller's to report.
+importing node, after `ASKING`. A refused connection (a primary that died and
+is being replaced) is retried until the deadline; a connection lost with
+commands on it is retried only for commands that are safe to run twice, and
+is otherwise the caller's to report: the commands may have run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.asyncio.client import Pipeline
 from redis.exceptions import (
     AskError,
@@ -56,6 +60,7 @@ class Primaries:
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.aclose()
+        await self.topology.aclose()
 
     def client(self, node: Node) -> redis.asyncio.Redis:
         client = self._clients.get(node.name)
@@ -63,7 +68,12 @@ class Primaries:
             # A bounded pool that waits for a free connection: after a reconnect every
             # topic catches up at once, and an unbounded burst would be refused.
             pool = redis.asyncio.BlockingConnectionPool(
-                max_connections=self._max_connections, timeout=self._timeout, **node.options
+                max_connections=self._max_connections,
+                timeout=self._timeout,
+                # Never retried by the client library: a publish whose reply was lost may
+                # have run, and running it again would append the event twice.
+                retry=Retry(NoBackoff(), 0),
+                **node.options,
             )
             client = self._clients[node.name] = redis.asyncio.Redis.from_pool(pool)
         return client
@@ -94,7 +104,7 @@ class Primaries:
             except _REROUTE as exc:
                 failure: Exception = exc
             except _LOST as exc:
-                if not idempotent:
+                if not idempotent and not _never_sent(exc):
                     await self._refresh_quietly()
                     raise
                 failure = exc
@@ -126,3 +136,8 @@ class Primaries:
             await self.refresh()
         except (RedisError, OSError) as exc:
             log.debug("learning the Redis topology failed: %s", exc)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether the commands certainly did not reach Redis: the connection was refused."""
+    return isinstance(exc.__cause__ or exc.__context__, ConnectionRefusedError)

@@ -61,6 +61,9 @@ class Topology(ABC):
     async def refresh(self) -> None:
         """Learn the primaries again; a `RedisError` when nobody answers."""
 
+    async def aclose(self) -> None:
+        """Close the connections used to learn the topology."""
+
     def describe(self) -> str:
         """The topology for logs, without credentials."""
         return ", ".join(node.name for node in self.primaries()) or "(not yet known)"
@@ -109,6 +112,10 @@ class SentinelPrimary(Topology):
         name = f"{host}:{port}"
         if self._primary is None or self._primary.name != name:
             self._primary = Node(name, {**self._options, "host": host, "port": int(port)})
+
+    async def aclose(self) -> None:
+        for sentinel in self._sentinel.sentinels:
+            await sentinel.aclose()
 
     def describe(self) -> str:
         return f"Sentinel service {self._service!r}, primary {super().describe()}"

@@ -222,6 +222,21 @@ class SentinelProcesses:
         wait_until(promoted, timeout, f"the sentinels to replace port {killed.port}")
         return self.current_primary()
 
+    def rejoin(self, server: RedisServer, timeout: float = 30.0) -> None:
+        """Start a stopped server as a replica of the current primary; wait until it is in sync."""
+        primary = self.current_primary()
+        server.extra_args = ("--replicaof", "127.0.0.1", str(primary.port))
+        server.start()
+
+        def synced() -> bool:
+            replication = _info(server, "replication")
+            return (
+                replication.get("master_port") == str(primary.port)
+                and replication.get("master_link_status") == "up"
+            )
+
+        wait_until(synced, timeout, f"port {server.port} to replicate port {primary.port}")
+
     def close(self) -> None:
         for server in (*self.sentinels, *self.servers):
             server.close()
