@@ -15,7 +15,7 @@ from pathlib import Path
 import uvicorn
 import uvloop
 
-from hub import logs
+from hub import logs, topology
 from hub.app import create_app
 from hub.config import ConfigError, Settings
 from hub.embedded import embedded_redis
@@ -28,6 +28,8 @@ log = logging.getLogger("hub")
 def main() -> None:
     try:
         settings = Settings.from_env()
+        if settings.redis_url:
+            topology.from_url(settings.redis_url, settings.redis_timeout_seconds)  # its shape
     except ConfigError as exc:
         sys.exit(f"sse-hub: error: {exc}")
     logs.configure(settings)

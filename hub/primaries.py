@@ -88,6 +88,7 @@ class Primaries:
         """Run `commands` on the primary that owns `key`; their results, in order."""
         deadline = time.monotonic() + self._timeout
         asking: Node | None = None
+        unreachable: Exception | None = None
         delay = 0.02
         while True:
             try:
@@ -110,10 +111,11 @@ class Primaries:
                 failure = exc
             asking = None
             if time.monotonic() + delay > deadline:
-                raise failure
+                # "No primary known" says less than why the topology could not be read.
+                raise (unreachable if isinstance(failure, NoPrimary) and unreachable else failure)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
-            await self._refresh_quietly()
+            unreachable = await self._refresh_quietly()
 
     async def ping(self) -> None:
         """Raise unless every known primary answers."""
@@ -131,11 +133,14 @@ class Primaries:
         template = self.topology.primaries()[0].options
         return Node(f"{host}:{port}", {**template, "host": host, "port": int(port)})
 
-    async def _refresh_quietly(self) -> None:
+    async def _refresh_quietly(self) -> Exception | None:
+        """Refresh; the error instead of raising it (the caller retries, then reports)."""
         try:
             await self.refresh()
         except (RedisError, OSError) as exc:
             log.debug("learning the Redis topology failed: %s", exc)
+            return exc
+        return None
 
 
 def _never_sent(exc: BaseException) -> bool:

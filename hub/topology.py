@@ -27,12 +27,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis.asyncio
 from redis.asyncio.connection import parse_url
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.asyncio.sentinel import MasterNotFoundError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from hub.config import ConfigError
 
 
-class NoPrimary(RedisError):
+class NoPrimary(RedisConnectionError):
     """No primary is known for a key (the topology is unreachable, or a slot is not served)."""
 
 
@@ -95,6 +97,7 @@ class SentinelPrimary(Topology):
         self._sentinel = redis.asyncio.Sentinel(  # type: ignore[no-untyped-call]
             sentinels, sentinel_kwargs=sentinel_options
         )
+        self._sentinel_names = ",".join(f"{host}:{port}" for host, port in sentinels)
         self._service = service
         self._options = options
         self._primary: Node | None = None
@@ -108,7 +111,13 @@ class SentinelPrimary(Topology):
         return [] if self._primary is None else [self._primary]
 
     async def refresh(self) -> None:
-        host, port = await self._sentinel.discover_master(self._service)
+        try:
+            host, port = await self._sentinel.discover_master(self._service)
+        except MasterNotFoundError:
+            raise NoPrimary(
+                f"no Sentinel at {self._sentinel_names} named a primary for {self._service!r}"
+                " (none answered, or none monitors it)"
+            ) from None
         name = f"{host}:{port}"
         if self._primary is None or self._primary.name != name:
             self._primary = Node(name, {**self._options, "host": host, "port": int(port)})
