@@ -129,7 +129,7 @@ class LoadClient:
 
 def publish(exe: Path, *, mode: str, port: int, targets: Path, rate: float, duration: float = 0,
             count: int = 0, sha: str = "", maxlen: int = 10_000, maxage_ms: int = 0,
-            conns: int = 1, window: int = 512, start_seq: int = 1,
+            conns: int = 1, window: int = 512, start_seq: int = 1, announce: str = "PUBLISH",
             timeout: float = 120) -> dict[str, Any]:
     """Run the publisher to the end; its figures (sent, acked, final_seq, achieved_per_s...)."""
     args = [str(exe), "--mode", mode, "--port", str(port), "--targets", str(targets),
@@ -137,7 +137,8 @@ def publish(exe: Path, *, mode: str, port: int, targets: Path, rate: float, dura
             "--start-seq", str(start_seq)]
     args += ["--count", str(count)] if count else ["--duration", str(duration)]
     if mode == "redis":
-        args += ["--sha", sha, "--maxlen", str(maxlen), "--maxage-ms", str(maxage_ms)]
+        args += ["--sha", sha, "--maxlen", str(maxlen), "--maxage-ms", str(maxage_ms),
+                 "--announce", announce]
     started = time.monotonic()
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:

@@ -102,3 +102,20 @@ def test_quick_benchmark_against_one_gateway(tmp_path: Path) -> None:
     assert storm["caught_up"] == storm["clients"]
     assert (storm["lost"], storm["dup"]) == (0, 0)
     assert "hub (1 gateway)" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_publish_scaling_benchmark_runs_every_layout(tmp_path: Path) -> None:
+    require_tool("cc")
+    require_tool("redis-cli")
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "publish_scaling.py"), "--duration", "0.5", "--repeat", "1",
+         "--out", str(tmp_path), "--results-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "PUBLISH_SCALING.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and " primar" in line[:12]]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| 1 primary", "| 3 primaries", "| 3 primaries + 3 replicas"]
+    for row in rows:
+        pipelined = float(row.split(" | ")[1].replace(",", ""))
+        assert pipelined > 1000, row
