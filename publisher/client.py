@@ -52,12 +52,29 @@ class NotReplicated(RedisError):
         self.event_id = event_id
 
 
+def script_call(
+    settings: Settings, topic: str, data: str, event_type: str, announce: str = "PUBLISH"
+) -> tuple[str, list[str | int]]:
+    """Check one event; the publish script's key and arguments for it (see hub/publish.lua)."""
+    check_topic(topic)
+    check_event_type(event_type)
+    check_data(data, settings.max_event_bytes)
+    keys = Keys(settings.key_prefix)
+    return keys.stream(topic), [
+        data,
+        event_type,
+        settings.retention_maxlen,
+        settings.retention_seconds * 1000,
+        keys.channel(topic),
+        announce,
+    ]
+
+
 class AsyncPublisher:
     """Publishes events from asyncio code. Use it as an async context manager."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._keys = Keys(settings.key_prefix)
         self._primaries = Primaries(
             topology.from_url(settings.redis_url or DEFAULT_REDIS_URL, settings.redis_timeout_seconds),
             CONNECTIONS_PER_PRIMARY,
@@ -75,18 +92,7 @@ class AsyncPublisher:
 
     async def publish(self, topic: str, data: str, event_type: str = "") -> str:
         """Append and announce one event; return its ID."""
-        check_topic(topic)
-        check_event_type(event_type)
-        check_data(data, self.settings.max_event_bytes)
-        key = self._keys.stream(topic)
-        args: list[str | int] = [
-            data,
-            event_type,
-            self.settings.retention_maxlen,
-            self.settings.retention_seconds * 1000,
-            self._keys.channel(topic),
-            self._announce,
-        ]
+        key, args = script_call(self.settings, topic, data, event_type, self._announce)
         wait = self.settings.publish_wait_replicas
 
         used: list[Node] = []

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from failover import WaitingPublisher, settle_and_tally
+from hub.acl import gateway_rules, publisher_rules, setuser
 from hub.topics import Keys
 from processes import Gateways, RedisServer
 from redis_topologies import ClusterProcesses
@@ -174,3 +175,29 @@ def migrate_slot(source: RedisServer, target: RedisServer, key: str) -> None:
         time.sleep(0.5)  # the stream has moved, the slot not yet: publishes are answered with ASK
         for client in (dst, src):
             client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+
+
+async def test_least_privilege_users_work_on_a_cluster(
+    cluster: ClusterProcesses, gateway: Gateways, key_prefix: str
+) -> None:
+    """The ACL users of `python -m hub.acl`, set on every node, are enough for sharded pub/sub."""
+    for server in cluster.servers:  # ACLs are per node and not replicated: replicas need them too
+        with server.client() as admin:
+            admin.execute_command(*setuser("hub-gateway", "gw-pw", gateway_rules(key_prefix)))
+            admin.execute_command(*setuser("hub-publisher", "pub-pw", publisher_rules(key_prefix)))
+    nodes = cluster.url.removeprefix("redis+cluster://")
+    topics = [names[0] for names in spread_topics(cluster, key_prefix, per_primary=1).values()]
+    hub = gateway(redis_url=f"redis+cluster://hub-gateway:gw-pw@{nodes}")
+    publishing = f"redis+cluster://hub-publisher:pub-pw@{nodes}"
+    async with publisher(publishing, key_prefix, publish_wait_replicas=1) as pub:
+        first = [await pub.publish(topic, "before") for topic in topics]
+        clients = [Listener(hub.url, [topic]).start() for topic in topics]
+        resumed = [Listener(hub.url, [t], last_event_id=i).start() for t, i in zip(topics, first, strict=True)]
+        for client in [*clients, *resumed]:
+            await client.wait_connected()
+        for topic in topics:
+            await pub.publish(topic, "live")
+    for client in [*clients, *resumed]:
+        await client.wait_for(1)
+        assert client.data == ["live"]
+        await client.close()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from hub.config import Settings
 from hub.topics import Keys
 from sse_client import Listener, listening, publisher
 
@@ -132,15 +133,16 @@ async def test_resume_far_back_in_a_long_history(gateway, redis_url, key_prefix)
     stream = Keys(key_prefix).stream("deep")
     async with publisher(redis_url, key_prefix, retention_maxlen=100_000) as pub:
         ids = [await pub.publish("deep", "0")]
-        # The bulk is written with the same script through a pipeline, for speed.
-        from publisher.client import PUBLISH_SCRIPT
+        # The bulk is written with the same script and arguments through a pipeline, for speed.
+        from publisher.client import PUBLISH_SCRIPT, script_call
 
         script = client.register_script(PUBLISH_SCRIPT)
-        channel = Keys(key_prefix).channel("deep")
+        settings = Settings(key_prefix=key_prefix, retention_maxlen=100_000)
         for start in range(1, total, 2000):
             with client.pipeline(transaction=False) as pipe:
                 for n in range(start, min(start + 2000, total)):
-                    script(keys=[stream], args=[str(n), "", 100_000, 0, channel, "PUBLISH"], client=pipe)
+                    key, args = script_call(settings, "deep", str(n), "")
+                    script(keys=[key], args=args, client=pipe)
                 ids += [i.decode() for i in pipe.execute()]
     assert client.xlen(stream) == total
     hub = gateway({"HUB_REPLAY_PAGE": "500"})

@@ -4,31 +4,48 @@ from __future__ import annotations
 
 import fakeredis
 import pytest
+import redis
 
 from hub.config import Settings
-from hub.events import Event, InvalidEvent, decode_binary
+from hub.events import Event, InvalidEvent, binary_data, decode_binary
 from hub.topics import InvalidTopic, Keys
 from publisher import Publisher
+from publisher.client import PUBLISH_SCRIPT, script_call
+
+
+SETTINGS = Settings(key_prefix="unit:", retention_maxlen=0)
+
+
+class ScriptOnFakeRedis:
+    """The publish script with the publisher's own arguments, run on fakeredis."""
+
+    def __init__(self) -> None:
+        self.redis = fakeredis.FakeRedis()
+        self._script = self.redis.register_script(PUBLISH_SCRIPT)
+
+    def publish(self, topic: str, data: str, event_type: str = "") -> str:
+        key, args = script_call(SETTINGS, topic, data, event_type)
+        return self._script(keys=[key], args=args).decode()
+
+    def publish_bytes(self, topic: str, payload: bytes, media_type: str, name: str) -> str:
+        return self.publish(topic, binary_data(payload, media_type, name))
 
 
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Publisher:
-    publisher = Publisher(Settings(key_prefix="unit:", retention_maxlen=0))
-    publisher._redis = fakeredis.FakeRedis()  # the unit under test is the script, not the connection
-    publisher._script = publisher._redis.register_script(publisher._script.script)
-    return publisher
+def hub() -> ScriptOnFakeRedis:
+    return ScriptOnFakeRedis()
 
 
-def test_each_entry_points_at_the_one_before(hub: Publisher) -> None:
+def test_each_entry_points_at_the_one_before(hub: ScriptOnFakeRedis) -> None:
     ids = [hub.publish("news", f"n{n}") for n in range(3)]
-    entries = hub._redis.xrange(Keys("unit:").stream("news"))
+    entries = hub.redis.xrange(Keys("unit:").stream("news"))
     events = [Event.from_entry("news", sid, fields) for sid, fields in entries]
     assert [e.data for e in events] == ["n0", "n1", "n2"]
     assert [f"{e.prev[0]}-{e.prev[1]}" for e in events] == ["0-0", ids[0], ids[1]]
 
 
-def test_the_announcement_carries_the_whole_event(hub: Publisher) -> None:
-    pubsub = hub._redis.pubsub()
+def test_the_announcement_carries_the_whole_event(hub: ScriptOnFakeRedis) -> None:
+    pubsub = hub.redis.pubsub()
     pubsub.subscribe(Keys("unit:").channel("news"))
     pubsub.get_message(timeout=1)
     event_id = hub.publish("news", "two\nlines", "greet")
@@ -37,21 +54,28 @@ def test_the_announcement_carries_the_whole_event(hub: Publisher) -> None:
     assert (f"{event.id[0]}-{event.id[1]}", event.type, event.data) == (event_id, "greet", "two\nlines")
 
 
-def test_binary_payloads_round_trip_byte_exact(hub: Publisher) -> None:
+def test_binary_payloads_round_trip_byte_exact(hub: ScriptOnFakeRedis) -> None:
     payload = bytes(range(256)) * 4
     hub.publish_bytes("files", payload, "image/png", name="a b.png")
-    [(_, fields)] = hub._redis.xrange(Keys("unit:").stream("files"))
+    [(_, fields)] = hub.redis.xrange(Keys("unit:").stream("files"))
     data = fields[b"d"].decode()
     assert data.startswith("data:image/png;name=a%20b.png;base64,")
     assert decode_binary(data) == payload
     assert decode_binary("just text") is None
 
 
-def test_bad_events_are_refused_before_redis(hub: Publisher) -> None:
-    with pytest.raises(InvalidTopic):
-        hub.publish("no spaces", "x")
-    with pytest.raises(InvalidEvent):
-        hub.publish("news", "x", "bad type")
-    with pytest.raises(InvalidEvent):
-        hub.publish("news", "x" * 2_000_000)
-    assert hub._redis.keys("*") == []
+def test_bad_events_are_refused_before_redis() -> None:
+    # Nothing listens at this address: a check that reached Redis would fail differently.
+    with Publisher(Settings(redis_url="redis://127.0.0.1:9", key_prefix="unit:")) as hub:
+        with pytest.raises(InvalidTopic):
+            hub.publish("no spaces", "x")
+        with pytest.raises(InvalidEvent):
+            hub.publish("news", "x", "bad type")
+        with pytest.raises(InvalidEvent):
+            hub.publish("news", "x" * 2_000_000)
+
+
+def test_the_script_refuses_an_unknown_announcement(hub: ScriptOnFakeRedis) -> None:
+    key, args = script_call(SETTINGS, "news", "x", "", announce="BROADCAST")
+    with pytest.raises(redis.exceptions.ResponseError, match="must be PUBLISH or SPUBLISH"):
+        hub.redis.register_script(PUBLISH_SCRIPT)(keys=[key], args=args)
