@@ -123,6 +123,13 @@ class ClusterProcesses:
                         return next(s for s in self.servers if s.port == port)
         raise LookupError(f"no running node knows the owner of slot {slot}")
 
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        return next(
+            s
+            for s in self.servers
+            if s.running and _info(s, "replication").get("master_port") == str(primary.port)
+        )
+
     def wait_failover(self, killed: RedisServer, timeout: float = 30.0) -> None:
         """Wait until replicas own every slot the killed primary had and the cluster is ok."""
 

@@ -153,6 +153,9 @@ async def test_a_topic_whose_slot_migrates_keeps_its_events_in_order(
     target = next(s for s in cluster.servers if s.port in owned and s is not source)
     await asyncio.to_thread(migrate_slot, source, target, keys.stream(topic))
     await publishing
+    with target.client() as client:
+        asked = client.info("commandstats").get("cmdstat_asking", {}).get("calls", 0)
+    assert asked > 0, "publishes during the migration were sent on with ASKING"
     assert cluster.primary_of(keys.stream(topic)) is target
     for server, subscribed in ((source, 0), (target, 1)):
         with server.client() as client:
@@ -160,6 +163,33 @@ async def test_a_topic_whose_slot_migrates_keeps_its_events_in_order(
                 keys.channel(topic).encode(): subscribed
             }, "the gateway followed the slot"
     await settle_and_tally(clients, steady, "slot migration", capsys)
+
+
+async def test_a_manual_failover_moves_subscriptions_off_the_demoted_primary(
+    cluster: ClusterProcesses, gateway: Gateways, key_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`CLUSTER FAILOVER`: the old primary lives on as a replica and drops its shard channels."""
+    owned = spread_topics(cluster, key_prefix, per_primary=2)
+    old_port = next(iter(owned))
+    topics = owned[old_port]
+    keys = Keys(key_prefix)
+    hub = gateway(redis_url=cluster.url)
+    clients = [ReconnectingListener(hub.url, [topic]).start() for topic in topics for _ in range(2)]
+    while any(client.connections == 0 for client in clients):
+        await asyncio.sleep(0.05)
+    steady = WaitingPublisher(cluster.url, key_prefix, topics, rate=100, wait_replicas=1)
+    publishing = asyncio.create_task(steady.run(seconds=5))
+    await asyncio.sleep(1.5)
+    old = next(s for s in cluster.servers if s.port == old_port)
+    replica = cluster.replica_of(old)
+    with replica.client() as client:
+        client.execute_command("CLUSTER FAILOVER")
+    await publishing
+    assert cluster.primary_of(keys.stream(topics[0])) is replica
+    with replica.client() as client:
+        counts = dict(client.pubsub_shardnumsub(*(keys.channel(t) for t in topics)))
+    assert set(counts.values()) == {1}, "the gateway subscribes on the promoted replica"
+    await settle_and_tally(clients, steady, "cluster manual failover", capsys)
 
 
 def migrate_slot(source: RedisServer, target: RedisServer, key: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from failover import WaitingPublisher, settle_and_tally
 from processes import Gateways
-from redis_topologies import SentinelProcesses
+from redis_topologies import SERVICE_NAME, SentinelProcesses
 from sse_client import Listener, ReconnectingListener, publisher
 
 pytestmark = pytest.mark.anyio
@@ -76,3 +76,27 @@ async def test_a_sentinel_failover_loses_no_acknowledged_event(
         for hub in hubs:
             assert (await http.get(f"{hub.url}/readyz")).status_code == 200
             assert "redis subscription lost" in hub.log_text()
+
+
+async def test_a_switchover_with_the_old_primary_alive_loses_nothing(
+    sentinels: SentinelProcesses, gateway: Gateways, key_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`SENTINEL FAILOVER`: the old primary turns replica (writes get READONLY) instead of dying."""
+    topics = [f"feed-{n}" for n in range(4)]
+    hub = gateway({"HUB_RETRY_MS": "400"}, redis_url=sentinels.url)
+    clients = [ReconnectingListener(hub.url, [topic]).start() for topic in topics]
+    while any(client.connections == 0 for client in clients):
+        await asyncio.sleep(0.05)
+    steady = WaitingPublisher(sentinels.url, key_prefix, topics, rate=100, wait_replicas=1)
+    publishing = asyncio.create_task(steady.run(seconds=9))
+    await asyncio.sleep(1.5)
+    old = sentinels.current_primary()
+    with sentinels.sentinels[0].client() as sentinel:
+        sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE_NAME)
+    new = await asyncio.to_thread(sentinels.wait_failover, old)
+    await publishing
+    with new.client() as redis:
+        assert redis.pubsub_numsub(f"{key_prefix}channel:{{{topics[0]}}}")[0][1] == 1, (
+            "the gateway moved its subscription to the new primary"
+        )
+    await settle_and_tally(clients, steady, "sentinel switchover", capsys)
