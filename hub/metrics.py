@@ -62,6 +62,10 @@ class _GatewayCollector(Collector):
             "hub_redis_subscribed", "1 while the Redis subscription is up.",
             value=int(gateway.fanout.subscription.connected),
         )
+        yield GaugeMetricFamily(
+            "hub_redis_primaries", "Redis primaries this gateway's subscription is connected to.",
+            value=gateway.fanout.subscription.primaries,
+        )
         for name, help, value in (
             ("hub_events_received", "Events received from Redis pub/sub.", counters.events_received),
             ("hub_events_sent", "Live event frames handed to clients.", counters.deliveries),
@@ -73,7 +77,9 @@ class _GatewayCollector(Collector):
              gateway.history.reads_done),
             ("hub_slow_client_disconnects", "Clients dropped for falling behind.",
              gateway.slow_disconnects),
-            ("hub_redis_reconnects", "Times the Redis subscription was lost and made again.",
+            ("hub_redis_reconnects", "Times a Redis subscription connection was lost and made again.",
              gateway.fanout.subscription.reconnects),
+            ("hub_redis_topic_moves", "Times a topic's subscription moved to another primary "
+             "(failover, slot migration).", gateway.fanout.subscription.moves),
         ):
             yield CounterMetricFamily(name, help, value=value)

@@ -78,10 +78,11 @@ class Primaries:
             client = self._clients[node.name] = redis.asyncio.Redis.from_pool(pool)
         return client
 
-    async def refresh(self) -> None:
-        """Learn the topology again; concurrent callers share one refresh."""
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.create_task(self.topology.refresh())
+    async def refresh(self, ask_first: Node | None = None) -> None:
+        """Learn the topology again; concurrent callers share one refresh, unless one
+        names the node to ask."""
+        if ask_first is not None or self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self.topology.refresh(ask_first))
         await asyncio.shield(self._refreshing)
 
     async def run(self, key: str, commands: Commands, *, idempotent: bool) -> list[Any]:
@@ -100,22 +101,24 @@ class Primaries:
                 results = await pipeline.execute()
                 return results[1:] if asking is not None else results
             except AskError as exc:
-                asking = self._node_at(exc.host, exc.port)
+                asking = self.topology.node_at(exc.host, int(exc.port))
                 continue
             except _REROUTE as exc:
                 failure: Exception = exc
+                source = None if isinstance(exc, NoPrimary) else node
             except _LOST as exc:
                 if not idempotent and not _never_sent(exc):
                     await self._refresh_quietly()
                     raise
                 failure = exc
+                source = None
             asking = None
             if time.monotonic() + delay > deadline:
                 # "No primary known" says less than why the topology could not be read.
                 raise (unreachable if isinstance(failure, NoPrimary) and unreachable else failure)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
-            unreachable = await self._refresh_quietly()
+            unreachable = await self._refresh_quietly(source)
 
     async def ping(self) -> None:
         """Raise unless every known primary answers."""
@@ -125,18 +128,10 @@ class Primaries:
             primaries = self.topology.primaries()
         await asyncio.gather(*(self.client(node).ping() for node in primaries))
 
-    def _node_at(self, host: str, port: int | str) -> Node:
-        for node in self.topology.primaries():
-            if node.name == f"{host}:{port}":
-                return node
-        # A node importing a slot may not be in the slot map yet.
-        template = self.topology.primaries()[0].options
-        return Node(f"{host}:{port}", {**template, "host": host, "port": int(port)})
-
-    async def _refresh_quietly(self) -> Exception | None:
+    async def _refresh_quietly(self, ask_first: Node | None = None) -> Exception | None:
         """Refresh; the error instead of raising it (the caller retries, then reports)."""
         try:
-            await self.refresh()
+            await self.refresh(ask_first)
         except (RedisError, OSError) as exc:
             log.debug("learning the Redis topology failed: %s", exc)
             return exc

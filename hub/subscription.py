@@ -68,7 +68,7 @@ class NodeSubscription:
         verbs: Verbs,
         keys: Keys,
         listener: Listener,
-        on_trouble: Callable[[], None],
+        on_trouble: Callable[[Node | None], None],
         timeout: float,
     ) -> None:
         # RESP2 keeps pub/sub messages plain replies, whatever the client's default.
@@ -140,7 +140,7 @@ class NodeSubscription:
                         exc,
                         extra={"event": "redis_lost"},
                     )
-                self._on_trouble()
+                self._on_trouble(None)
             finally:
                 self.connected = False
                 self._connection = None
@@ -158,7 +158,7 @@ class NodeSubscription:
                     reply = await connection.read_response(timeout=math.inf)
                 except MovedError:
                     self._heard = True
-                    self._on_trouble()  # a topic's slot is served elsewhere now
+                    self._on_trouble(self.node)  # a topic's slot is served elsewhere now
                     continue
                 except ResponseError as exc:
                     self._heard = True
@@ -204,7 +204,7 @@ class NodeSubscription:
             topic = self._keys.topic_of_channel(reply[1].decode())
             if topic in self.topics:
                 self.topics.discard(topic)
-                self._on_trouble()
+                self._on_trouble(self.node)
 
 
 class Subscription:
@@ -224,6 +224,10 @@ class Subscription:
         self._placed: dict[str, NodeSubscription] = {}
         self._trouble = asyncio.Event()
         self._known = False
+        self._reconnects_of_closed = 0
+        self._ask_first: Node | None = None
+        self.moves = 0
+        """Times a topic was moved to another primary (failover, slot migration)."""
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Subscription:
@@ -248,7 +252,12 @@ class Subscription:
 
     @property
     def reconnects(self) -> int:
-        return sum(node.reconnects for node in self._nodes.values())
+        return self._reconnects_of_closed + sum(node.reconnects for node in self._nodes.values())
+
+    @property
+    def primaries(self) -> int:
+        """Primaries this gateway holds a live pub/sub connection to."""
+        return sum(node.connected for node in self._nodes.values())
 
     async def subscribe(self, topic: str) -> None:
         """Want `topic`; the listener hears `on_subscribed` once Redis confirms."""
@@ -262,15 +271,22 @@ class Subscription:
         if node is not None:
             await node.unsubscribe(topic)
 
-    def _on_trouble(self) -> None:
+    def _on_trouble(self, node: Node | None) -> None:
+        """A connection was lost (no node), or `node` gave a topic's slot up: learn again.
+
+        A node that gave a slot up knows its new owner before the rest of the
+        cluster hears of it, so it is asked first.
+        """
+        self._ask_first = node
         self._trouble.set()
 
     async def _follow_topology(self) -> None:
         """Learn the primaries, keep a connection to each, and keep topics on their owners."""
         delay = 0.05
         while True:
+            ask_first, self._ask_first = self._ask_first, None
             try:
-                await self._primaries.refresh()
+                await self._primaries.refresh(ask_first)
             except (RedisError, OSError) as exc:
                 log.warning("learning the Redis topology failed: %s", exc)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
@@ -307,7 +323,9 @@ class Subscription:
         for name in [name for name in self._nodes if name not in primaries]:
             if not self._nodes[name].topics:
                 log.info("redis node %s is no longer a primary", name)
-                await self._nodes.pop(name).aclose()
+                gone = self._nodes.pop(name)
+                self._reconnects_of_closed += gone.reconnects
+                await gone.aclose()
 
     async def _place(self, topic: str) -> None:
         """Subscribe `topic` on its owner, leaving the node it was on, if that changed."""
@@ -319,6 +337,7 @@ class Subscription:
         if owner is None or (placed is owner and topic in owner.topics):
             return
         if placed is not None and placed is not owner:
+            self.moves += 1
             await placed.unsubscribe(topic)
         self._placed[topic] = owner
         await owner.subscribe(topic)

@@ -60,8 +60,16 @@ class Topology(ABC):
     def primaries(self) -> list[Node]:
         """Every primary, as last learnt."""
 
-    async def refresh(self) -> None:
-        """Learn the primaries again; a `RedisError` when nobody answers."""
+    async def refresh(self, ask_first: Node | None = None) -> None:
+        """Learn the primaries again (from `ask_first`, where that matters); a `RedisError`
+        when nobody answers."""
+
+    def node_at(self, host: str, port: int) -> Node:
+        """The node at an address a redirection named."""
+        for node in self.primaries():
+            if node.name == f"{host}:{port}":
+                return node
+        raise NoPrimary(f"redirected to {host}:{port}, which is no known primary")
 
     async def aclose(self) -> None:
         """Close the connections used to learn the topology."""
@@ -110,7 +118,7 @@ class SentinelPrimary(Topology):
     def primaries(self) -> list[Node]:
         return [] if self._primary is None else [self._primary]
 
-    async def refresh(self) -> None:
+    async def refresh(self, ask_first: Node | None = None) -> None:
         try:
             host, port = await self._sentinel.discover_master(self._service)
         except MasterNotFoundError:
@@ -136,10 +144,11 @@ class Cluster(Topology):
 
     def __init__(self, seeds: list[tuple[str, int]], options: dict[str, Any]) -> None:
         self._options = options
-        self._seeds = [self._node(host, port) for host, port in seeds]
+        self._seeds = [self.node_at(host, port) for host, port in seeds]
         self._slots: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
 
-    def _node(self, host: str, port: int) -> Node:
+    def node_at(self, host: str, port: int) -> Node:
+        # A node importing a slot during a migration may not own any slot yet.
         return Node(f"{host}:{port}", {**self._options, "host": host, "port": port})
 
     def owner(self, key: str) -> Node:
@@ -151,10 +160,16 @@ class Cluster(Topology):
     def primaries(self) -> list[Node]:
         return list({node.name: node for node in self._slots if node is not None}.values())
 
-    async def refresh(self) -> None:
-        """Read the slot map from the first node that answers: known primaries, then seeds."""
+    async def refresh(self, ask_first: Node | None = None) -> None:
+        """Read the slot map from the first node that answers: `ask_first`, known primaries,
+        then seeds.
+
+        A node that just gave a slot up (it answered MOVED, or dropped a subscription)
+        knows the slot's new owner; other nodes may hear of it a moment later.
+        """
         failures: list[str] = []
-        for node in {n.name: n for n in [*self.primaries(), *self._seeds]}.values():
+        candidates = [*([ask_first] if ask_first else []), *self.primaries(), *self._seeds]
+        for node in {n.name: n for n in candidates}.values():
             client = redis.asyncio.Redis(**node.options, protocol=2)
             try:
                 ranges = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
@@ -175,7 +190,7 @@ class Cluster(Topology):
             host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
             # A node that does not know its own address reports an empty host.
             address = (host or asked.options["host"], int(primary[1]))
-            node = nodes.setdefault(address, self._node(*address))
+            node = nodes.setdefault(address, self.node_at(*address))
             slots[int(start) : int(end) + 1] = [node] * (int(end) - int(start) + 1)
         return slots
 

@@ -182,3 +182,8 @@ def count_losses(expected: Sequence[str], received: Sequence[str]) -> tuple[int,
     duplicated = len(received) - len(seen)
     in_order = list(dict.fromkeys(received)) == [item for item in expected if item in seen]
     return lost, duplicated, in_order
+
+
+def metric(text: str, name: str) -> float:
+    """One sample's value from a Prometheus text page (`/metrics`)."""
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from failover import WaitingPublisher, settle_and_tally
@@ -18,7 +19,7 @@ from hub.acl import gateway_rules, publisher_rules, setuser
 from hub.topics import Keys
 from processes import Gateways, RedisServer
 from redis_topologies import ClusterProcesses
-from sse_client import Listener, ReconnectingListener, publisher
+from sse_client import Listener, ReconnectingListener, metric, publisher
 
 pytestmark = pytest.mark.anyio
 
@@ -132,8 +133,12 @@ async def test_a_primary_fails_over_mid_stream_and_no_acknowledged_event_is_lost
         assert cluster.primary_of(keys.stream(topic)).port != victim.port
     await settle_and_tally(clients, steady, "cluster failover", capsys)
     assert all(len(events) > 20 for events in steady.acknowledged.values())
-    for hub in hubs:
-        assert "redis subscription lost" in hub.log_text()
+    async with httpx.AsyncClient() as http:
+        for hub in hubs:
+            assert "redis subscription lost" in hub.log_text()
+            text = (await http.get(f"{hub.url}/metrics")).text
+            assert metric(text, "hub_redis_primaries") == 3
+            assert metric(text, "hub_redis_topic_moves_total") >= len(owned[victim.port])
 
 
 async def test_a_topic_whose_slot_migrates_keeps_its_events_in_order(

@@ -7,13 +7,9 @@ import json
 import httpx
 import pytest
 
-from sse_client import listening, publisher
+from sse_client import listening, metric, publisher
 
 pytestmark = pytest.mark.anyio
-
-
-def metric(text: str, name: str) -> float:
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
 async def test_metrics_count_clients_events_bytes_and_delay(gateway, redis_url, key_prefix) -> None:
@@ -34,8 +30,9 @@ async def test_metrics_count_clients_events_bytes_and_delay(gateway, redis_url, 
     assert metric(text, "hub_publish_to_send_seconds_count") == 10
     assert metric(text, 'hub_publish_to_send_seconds_bucket{le="+Inf"}') == 10
     assert metric(text, "hub_redis_subscribed") == 1
+    assert metric(text, "hub_redis_primaries") == 1
     for name in ("hub_events_replayed_total", "hub_slow_client_disconnects_total",
-                 "hub_redis_reconnects_total", "hub_history_reads_total"):
+                 "hub_redis_reconnects_total", "hub_history_reads_total", "hub_redis_topic_moves_total"):
         assert metric(text, name) >= 0
 
 
