@@ -228,19 +228,21 @@ class Subscription:
         self._ask_first: Node | None = None
         self.moves = 0
         """Times a topic was moved to another primary (failover, slot migration)."""
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Subscription:
-        self._task = asyncio.create_task(self._follow_topology(), name="redis-topology")
+        self._tasks = [
+            asyncio.create_task(self._follow_topology(), name="redis-topology"),
+            asyncio.create_task(
+                self._topology.watch(lambda: self._on_trouble(None)), name="redis-announcements"
+            ),
+        ]
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         nodes, self._nodes = self._nodes, {}
         for node in nodes.values():
             await node.aclose()

@@ -19,7 +19,9 @@ on the primary that owns its stream, because both carry the topic's hash tag.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -70,6 +72,10 @@ class Topology(ABC):
             if node.name == f"{host}:{port}":
                 return node
         raise NoPrimary(f"redirected to {host}:{port}, which is no known primary")
+
+    async def watch(self, changed: Callable[[], None]) -> None:
+        """Call `changed` whenever the topology announces a change of primaries; runs until
+        cancelled. Only Sentinels announce (a Cluster's nodes tell their own clients)."""
 
     async def aclose(self) -> None:
         """Close the connections used to learn the topology."""
@@ -129,6 +135,26 @@ class SentinelPrimary(Topology):
         name = f"{host}:{port}"
         if self._primary is None or self._primary.name != name:
             self._primary = Node(name, {**self._options, "host": host, "port": int(port)})
+
+    async def watch(self, changed: Callable[[], None]) -> None:
+        """Hear `+switch-master` from a Sentinel: a switchover in which the old primary
+        stays up (and keeps the gateway's connection) is then known at once."""
+        while True:
+            for sentinel in self._sentinel.sentinels:
+                pubsub = sentinel.pubsub()
+                try:
+                    await pubsub.subscribe("+switch-master")
+                    async for message in pubsub.listen():
+                        # "<service> <old host> <old port> <new host> <new port>"
+                        if message["type"] == "message" and message["data"].split()[0] == (
+                            self._service.encode()
+                        ):
+                            changed()
+                except (RedisError, OSError):
+                    continue  # the next Sentinel; the periodic refresh covers the gap
+                finally:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(1.0)
 
     async def aclose(self) -> None:
         for sentinel in self._sentinel.sentinels:

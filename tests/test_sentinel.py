@@ -94,9 +94,12 @@ async def test_a_switchover_with_the_old_primary_alive_loses_nothing(
     with sentinels.sentinels[0].client() as sentinel:
         sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE_NAME)
     new = await asyncio.to_thread(sentinels.wait_failover, old)
-    await publishing
+    # The Sentinels announce the switch (+switch-master): the gateway moves at once, not
+    # at its next periodic check (5 s).
+    await asyncio.sleep(1.0)
     with new.client() as redis:
         assert redis.pubsub_numsub(f"{key_prefix}channel:{{{topics[0]}}}")[0][1] == 1, (
             "the gateway moved its subscription to the new primary"
         )
+    await publishing
     await settle_and_tally(clients, steady, "sentinel switchover", capsys)
