@@ -36,6 +36,10 @@ from redis.exceptions import RedisError
 from hub.config import ConfigError
 
 
+ASK_SECONDS = 1.0
+"""The longest one cluster node is given to answer `CLUSTER SLOTS` before the next is asked."""
+
+
 class NoPrimary(RedisConnectionError):
     """No primary is known for a key (the topology is unreachable, or a slot is not served)."""
 
@@ -196,7 +200,13 @@ class Cluster(Topology):
         failures: list[str] = []
         candidates = [*([ask_first] if ask_first else []), *self.primaries(), *self._seeds]
         for node in {n.name: n for n in candidates}.values():
-            client = redis.asyncio.Redis(**node.options, protocol=2)
+            # A short deadline: a node that vanished from the network must not hold up
+            # learning who replaced it.
+            deadline = min(ASK_SECONDS, node.options.get("socket_timeout") or ASK_SECONDS)
+            client = redis.asyncio.Redis(
+                **{**node.options, "socket_timeout": deadline, "socket_connect_timeout": deadline},
+                protocol=2,
+            )
             try:
                 ranges = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
             except (RedisError, OSError) as exc:

@@ -128,6 +128,7 @@ class RedisServer:
         self.log_path = self.directory / "redis.log"
         self.config_path = self.directory / "redis.conf"
         self._process: subprocess.Popen[bytes] | None = None
+        self.frozen = False
 
     @property
     def url(self) -> str:
@@ -140,6 +141,22 @@ class RedisServer:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def answering(self) -> bool:
+        """Running and not frozen."""
+        return self.running and not self.frozen
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process holds its sockets open and answers nothing (a hung host)."""
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGCONT)
+        self.frozen = False
 
     def command(self) -> list[str]:
         persistence = (
@@ -223,7 +240,7 @@ class RedisServer:
         """Kills the server (and any child it forked) and removes the directory it created."""
         if self._process is not None:
             try:
-                os.killpg(self._process.pid, signal.SIGKILL)
+                os.killpg(self._process.pid, signal.SIGKILL)  # frozen or not
             except ProcessLookupError:
                 pass
             self._process.wait()

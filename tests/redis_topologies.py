@@ -96,7 +96,7 @@ class ClusterProcesses:
 
     def _healthy(self) -> bool:
         for server in self.servers:
-            if not server.running:
+            if not server.answering:
                 continue
             if _info(server, "cluster").get("cluster_enabled") != "1":
                 return False
@@ -114,7 +114,7 @@ class ClusterProcesses:
         """The running server that owns `key`'s slot now."""
         slot = key_slot(key.encode())
         for server in self.servers:
-            if not server.running:
+            if not server.answering:
                 continue
             with server.client() as client:
                 for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
@@ -127,14 +127,14 @@ class ClusterProcesses:
         return next(
             s
             for s in self.servers
-            if s.running and _info(s, "replication").get("master_port") == str(primary.port)
+            if s.answering and _info(s, "replication").get("master_port") == str(primary.port)
         )
 
     def wait_failover(self, killed: RedisServer, timeout: float = 30.0) -> None:
         """Wait until replicas own every slot the killed primary had and the cluster is ok."""
 
         def taken_over() -> bool:
-            survivor = next(s for s in self.servers if s.running)
+            survivor = next(s for s in self.servers if s.answering)
             with survivor.client() as client:
                 slots = client.execute_command("CLUSTER", "SLOTS")
             owners = {int(primary[1]) for _, _, primary, *_ in slots}

@@ -100,9 +100,15 @@ async def test_a_client_resumes_topics_of_several_primaries_on_another_gateway(
     await resumed.close()
 
 
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
 async def test_a_primary_fails_over_mid_stream_and_no_acknowledged_event_is_lost(
-    cluster: ClusterProcesses, gateway: Gateways, key_prefix: str, capsys: pytest.CaptureFixture[str]
+    fault: str,
+    cluster: ClusterProcesses,
+    gateway: Gateways,
+    key_prefix: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """A primary dies (SIGKILL) or hangs with its sockets open (SIGSTOP) mid-stream."""
     owned = spread_topics(cluster, key_prefix, per_primary=4)
     topics = [topic for names in owned.values() for topic in names]
     env = {"HUB_RETRY_MS": "400", "HUB_REDIS_TIMEOUT_SECONDS": "2"}
@@ -118,24 +124,25 @@ async def test_a_primary_fails_over_mid_stream_and_no_acknowledged_event_is_lost
     publishing = asyncio.create_task(steady.run(seconds=10))
     await asyncio.sleep(2.5)
     victim = next(s for s in cluster.servers if s.port == next(iter(owned)))
-    victim.kill()
+    victim.kill() if fault == "killed" else victim.freeze()
     killed_at = time.monotonic()
     await asyncio.to_thread(cluster.wait_failover, victim)
     took_over = time.monotonic() - killed_at
-    # Back, empty, it rejoins as the replica of its successor, so waiting for one works again.
-    await asyncio.to_thread(victim.start)
+    # Back (empty, if it was killed), it rejoins as the replica of its successor, so
+    # waiting for a replica works again.
+    await asyncio.to_thread(victim.start if fault == "killed" else victim.thaw)
     await asyncio.to_thread(cluster.wait_healthy)
     await publishing
     with capsys.disabled():
-        print(f"\n[cluster failover] a replica took over {took_over:.1f} s after the kill")
+        print(f"\n[cluster failover, primary {fault}] a replica took over {took_over:.1f} s after")
     keys = Keys(key_prefix)
     for topic in owned[victim.port]:
         assert cluster.primary_of(keys.stream(topic)).port != victim.port
-    await settle_and_tally(clients, steady, "cluster failover", capsys)
+    await settle_and_tally(clients, steady, f"cluster failover, primary {fault}", capsys)
     assert all(len(events) > 20 for events in steady.acknowledged.values())
     async with httpx.AsyncClient() as http:
         for hub in hubs:
-            assert "redis subscription lost" in hub.log_text()
+            assert f"redis node 127.0.0.1:{victim.port} is no longer a primary" in hub.log_text()
             text = (await http.get(f"{hub.url}/metrics")).text
             assert metric(text, "hub_redis_primaries") == 3
             assert metric(text, "hub_redis_topic_moves_total") >= len(owned[victim.port])
