@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, cast
 
-from redis.asyncio.client import Pipeline
 
 
 from hub.events import ORIGIN, Event, StreamId, format_id, parse_id
-from hub.primaries import Primaries
+from hub.primaries import Command, Primaries
 from hub.sse import Framed
 from hub.topics import Keys
 
@@ -51,12 +50,12 @@ class History:
 
     async def tail(self, topic: str) -> StreamId:
         """The ID of the topic's newest event, or `ORIGIN` when it has none."""
-        newest = cast(Entries, await self._read(topic, lambda p, key: p.xrevrange(key, count=1)))
+        newest = cast(Entries, await self._read(topic, lambda key: ("XREVRANGE", key, "+", "-", "COUNT", 1)))
         return parse_id(newest[0][0].decode()) if newest else ORIGIN
 
     async def contains(self, topic: str, sid: StreamId) -> bool:
         text = format_id(sid)
-        return bool(await self._read(topic, lambda p, key: p.xrange(key, text, text, count=1)))
+        return bool(await self._read(topic, lambda key: ("XRANGE", key, text, text, "COUNT", 1)))
 
     async def page_after(self, topic: str, after: StreamId, not_before: int = 0) -> list[Framed]:
         """Up to `page_size` events after `after`, oldest first."""
@@ -78,7 +77,8 @@ class History:
             entries = cast(
                 Entries,
                 await self._read(
-                    topic, lambda p, key: p.xrange(key, f"({format_id(after)}", count=self.page_size)
+                    topic,
+                    lambda key: ("XRANGE", key, f"({format_id(after)}", "+", "COUNT", self.page_size),
                 ),
             )
             self.reads_done += 1
@@ -91,12 +91,10 @@ class History:
         finally:
             asyncio.get_running_loop().call_later(SHARE_SECONDS, self._forget, key, read)
 
-    async def _read(self, topic: str, command: Callable[[Pipeline, str], object]) -> Any:
+    async def _read(self, topic: str, command: Callable[[str], Command]) -> Any:
         """One read of the topic's stream (its key is passed in), on the primary that holds it."""
         key = self._keys.stream(topic)
-        results = await self._primaries.run(
-            key, lambda pipeline, node: command(pipeline, key), idempotent=True
-        )
+        results = await self._primaries.run(key, lambda node: [command(key)], idempotent=True)
         return results[0]
 
     def _forget(self, key: tuple[str, StreamId], read: _Read) -> None:

@@ -1,8 +1,8 @@
 """A client for each Redis primary, and commands run on the primary that owns their key.
 
 Gateways read history and publishers run the publish script through
-`Primaries.run`: the commands go, pipelined on one connection, to the owner of
-the key. A `MOVED` or `READONLY` answer (a slot moved, a primary was demoted)
+`Primaries.run`: the commands go, on one connection (pipelined when there are
+several), to the owner of the key. A `MOVED` or `READONLY` answer (a slot moved, a primary was demoted)
 means nothing ran: the topology is learnt again and the commands are sent to
 the new owner. An `ASK` during a slot migration sends them once to the
 importing node, after `ASKING`. A refused connection (a primary that died and
@@ -22,7 +22,6 @@ from typing import Any
 import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.asyncio.client import Pipeline
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -38,8 +37,9 @@ from hub.topology import Node, NoPrimary, Topology
 
 log = logging.getLogger("hub.primaries")
 
-Commands = Callable[[Pipeline, Node], object]
-"""Adds commands to a pipeline bound for `Node`."""
+Command = tuple[str | int | bytes, ...]
+Commands = Callable[[Node], list[Command]]
+"""The commands to send to `Node`, each as its words (`("XRANGE", key, "-", "+")`)."""
 
 _REROUTE = (MovedError, ReadOnlyError, TryAgainError, ClusterDownError, NoPrimary)
 _LOST = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -94,12 +94,10 @@ class Primaries:
         while True:
             try:
                 node = asking or self.topology.owner(key)
-                pipeline = self.client(node).pipeline(transaction=False)
+                batch = commands(node)
                 if asking is not None:
-                    pipeline.execute_command("ASKING")
-                commands(pipeline, node)
-                results = await pipeline.execute()
-                return results[1:] if asking is not None else results
+                    return (await self._send(node, [("ASKING",), *batch]))[1:]
+                return await self._send(node, batch)
             except AskError as exc:
                 asking = self.topology.node_at(exc.host, int(exc.port))
                 continue
@@ -119,6 +117,15 @@ class Primaries:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
             unreachable = await self._refresh_quietly(source)
+
+    async def _send(self, node: Node, batch: list[Command]) -> list[Any]:
+        client = self.client(node)
+        if len(batch) == 1:  # the common case, without a pipeline's cost
+            return [await client.execute_command(*batch[0])]  # type: ignore[no-untyped-call]
+        pipeline = client.pipeline(transaction=False)
+        for command in batch:
+            pipeline.execute_command(*command)
+        return await pipeline.execute()
 
     async def ping(self) -> None:
         """Raise unless every known primary answers."""

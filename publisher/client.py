@@ -24,13 +24,12 @@ from importlib.resources import files
 from types import TracebackType
 from typing import Any, TypeVar
 
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
 
 from hub import topology
 from hub.config import Settings
 from hub.events import BINARY_MEDIA_TYPE, binary_data, check_data, check_event_type
-from hub.primaries import Primaries
+from hub.primaries import Command, Primaries
 from hub.topics import Keys, check_topic
 from hub.topology import Node
 
@@ -97,13 +96,14 @@ class AsyncPublisher:
 
         used: list[Node] = []
 
-        def commands(pipeline: Pipeline, node: Node) -> None:
+        def commands(node: Node) -> list[Command]:
             used.append(node)
+            batch: list[Command] = [("EVALSHA", PUBLISH_SHA, 1, key, *args)]
             if node.name not in self._loaded:
-                pipeline.script_load(PUBLISH_SCRIPT)
-            pipeline.evalsha(PUBLISH_SHA, 1, key, *args)
+                batch.insert(0, ("SCRIPT", "LOAD", PUBLISH_SCRIPT))
             if wait:
-                pipeline.execute_command("WAIT", wait, self.settings.publish_wait_ms)
+                batch.append(("WAIT", wait, self.settings.publish_wait_ms))
+            return batch
 
         try:
             results = await self._primaries.run(key, commands, idempotent=False)
@@ -113,7 +113,7 @@ class AsyncPublisher:
         self._loaded.add(used[-1].name)
         if wait:
             *results, replicas = results
-        event_id = _text(results[-1])
+        event_id = _text(results[-1])  # after SCRIPT LOAD's answer, if it was sent
         if wait and int(replicas) < wait:
             raise NotReplicated(event_id, int(replicas), wait, self.settings.publish_wait_ms)
         return event_id
