@@ -67,12 +67,7 @@ LAYOUTS = [Layout("1 primary", 1, 0), Layout("3 primaries", 3, 0), Layout("3 pri
 def owners(cluster: ClusterProcesses, topics: list[str]) -> dict[int, list[str]]:
     """Topics grouped by the port of the primary that owns each."""
     keys = Keys(PREFIX)
-    with next(s for s in cluster.servers if s.running).client() as client:
-        ranges = client.execute_command("CLUSTER SLOTS")
-    by_slot = {}
-    for start, end, primary, *_ in ranges:
-        for slot in range(int(start), int(end) + 1):
-            by_slot[slot] = int(primary[1])
+    by_slot = {slot: port for start, end, port in cluster.slot_owners() for slot in range(start, end + 1)}
     grouped: dict[int, list[str]] = {}
     for topic in topics:
         grouped.setdefault(by_slot[key_slot(keys.stream(topic).encode())], []).append(topic)

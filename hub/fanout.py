@@ -24,9 +24,9 @@ from redis.exceptions import RedisError
 from hub import sse
 from hub.events import ORIGIN, Event, StreamId
 from hub.history import History
+from hub.primaries import Primaries
 from hub.sse import Framed
 from hub.stream import ClientStream
-from hub.primaries import Primaries
 from hub.subscription import Subscription
 from hub.topics import Keys
 

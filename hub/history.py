@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
-
-
 
 from hub.events import ORIGIN, Event, StreamId, format_id, parse_id
 from hub.primaries import Command, Primaries
@@ -50,7 +48,9 @@ class History:
 
     async def tail(self, topic: str) -> StreamId:
         """The ID of the topic's newest event, or `ORIGIN` when it has none."""
-        newest = cast(Entries, await self._read(topic, lambda key: ("XREVRANGE", key, "+", "-", "COUNT", 1)))
+        newest = cast(
+            Entries, await self._read(topic, lambda key: ("XREVRANGE", key, "+", "-", "COUNT", 1))
+        )
         return parse_id(newest[0][0].decode()) if newest else ORIGIN
 
     async def contains(self, topic: str, sid: StreamId) -> bool:

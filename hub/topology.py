@@ -84,10 +84,6 @@ class Topology(ABC):
     async def aclose(self) -> None:
         """Close the connections used to learn the topology."""
 
-    def describe(self) -> str:
-        """The topology for logs, without credentials."""
-        return ", ".join(node.name for node in self.primaries()) or "(not yet known)"
-
 
 class SingleServer(Topology):
     def __init__(self, url: str, timeouts: dict[str, float]) -> None:
@@ -163,9 +159,6 @@ class SentinelPrimary(Topology):
     async def aclose(self) -> None:
         for sentinel in self._sentinel.sentinels:
             await sentinel.aclose()
-
-    def describe(self) -> str:
-        return f"Sentinel service {self._service!r}, primary {super().describe()}"
 
 
 class Cluster(Topology):

@@ -20,7 +20,8 @@ from redis.exceptions import RedisError
 
 from hub.config import Settings
 from publisher import AsyncPublisher
-from sse_client import ReconnectingListener
+from processes import Gateway
+from sse_client import ReconnectingListener, connected
 
 
 @dataclass
@@ -68,6 +69,13 @@ class WaitingPublisher:
     @property
     def total(self) -> int:
         return sum(len(events) for events in self.acknowledged.values())
+
+
+async def listen_everywhere(hubs: Sequence[Gateway], topics: Sequence[str]) -> list[ReconnectingListener]:
+    """At every gateway, a client per topic and one client of all topics; all connected."""
+    clients = [ReconnectingListener(hub.url, [topic]).start() for hub in hubs for topic in topics]
+    clients += [ReconnectingListener(hub.url, topics).start() for hub in hubs]
+    return await connected(clients)
 
 
 @dataclass

@@ -36,14 +36,31 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 def _info(server: RedisServer, section: str) -> dict[str, str]:
     with server.client() as client:
-        raw = client.execute_command("INFO", section)
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    if isinstance(raw, dict):  # redis-py parses INFO into a dict
-        return {str(k): str(v) for k, v in raw.items()}
-    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        return {str(name): str(value) for name, value in client.info(section).items()}
 
 
-class ClusterProcesses:
+class _Processes:
+    """Started on entering a `with` block, every process killed on leaving it."""
+
+    def start(self, timeout: float = 60.0) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ClusterProcesses(_Processes):
     """A Redis Cluster of `primaries` primaries with `replicas` replicas each."""
 
     def __init__(self, primaries: int = 3, replicas: int = 1) -> None:
@@ -110,18 +127,18 @@ class ClusterProcesses:
                 return False
         return True
 
+    def slot_owners(self) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, port of its primary) for each range, as a running node sees it."""
+        node = next(s for s in self.servers if s.answering)
+        with node.client() as client:
+            ranges = client.execute_command("CLUSTER SLOTS")
+        return [(int(start), int(end), int(primary[1])) for start, end, primary, *_ in ranges]
+
     def primary_of(self, key: str) -> RedisServer:
-        """The running server that owns `key`'s slot now."""
+        """The server that owns `key`'s slot now."""
         slot = key_slot(key.encode())
-        for server in self.servers:
-            if not server.answering:
-                continue
-            with server.client() as client:
-                for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
-                    if start <= slot <= end:
-                        port = int(primary[1])
-                        return next(s for s in self.servers if s.port == port)
-        raise LookupError(f"no running node knows the owner of slot {slot}")
+        port = next(port for start, end, port in self.slot_owners() if start <= slot <= end)
+        return next(s for s in self.servers if s.port == port)
 
     def replica_of(self, primary: RedisServer) -> RedisServer:
         return next(
@@ -134,10 +151,7 @@ class ClusterProcesses:
         """Wait until replicas own every slot the killed primary had and the cluster is ok."""
 
         def taken_over() -> bool:
-            survivor = next(s for s in self.servers if s.answering)
-            with survivor.client() as client:
-                slots = client.execute_command("CLUSTER", "SLOTS")
-            owners = {int(primary[1]) for _, _, primary, *_ in slots}
+            owners = {port for _, _, port in self.slot_owners()}
             return killed.port not in owners and self._healthy()
 
         wait_until(taken_over, timeout, f"a replica to take over from port {killed.port}")
@@ -146,22 +160,11 @@ class ClusterProcesses:
         for server in self.servers:
             server.close()
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 SERVICE_NAME = "hubprimary"
 
 
-class SentinelProcesses:
+class SentinelProcesses(_Processes):
     """A primary, `replicas` replicas, and `sentinels` sentinels watching them as SERVICE_NAME."""
 
     def __init__(self, replicas: int = 1, sentinels: int = 3) -> None:
@@ -247,14 +250,3 @@ class SentinelProcesses:
     def close(self) -> None:
         for server in (*self.sentinels, *self.servers):
             server.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -175,6 +175,16 @@ class ReconnectingListener:
                 await self._task
 
 
+async def connected(
+    clients: list[ReconnectingListener], timeout: float = 20.0
+) -> list[ReconnectingListener]:
+    """`clients`, once every one of them has its stream open."""
+    async with asyncio.timeout(timeout):
+        while any(client.connections == 0 for client in clients):
+            await asyncio.sleep(0.05)
+    return clients
+
+
 def count_losses(expected: Sequence[str], received: Sequence[str]) -> tuple[int, int, bool]:
     """(lost, duplicated, in order) of what one client received against what was published."""
     seen = set(received)

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from failover import WaitingPublisher, settle_and_tally
+from failover import WaitingPublisher, listen_everywhere, settle_and_tally
 from hub.acl import gateway_rules, publisher_rules, setuser
 from hub.topics import Keys
 from processes import Gateways, RedisServer
 from redis_topologies import ClusterProcesses
-from sse_client import Listener, ReconnectingListener, metric, publisher
+from sse_client import Listener, ReconnectingListener, connected, metric, publisher
 
 pytestmark = pytest.mark.anyio
 
@@ -113,12 +113,7 @@ async def test_a_primary_fails_over_mid_stream_and_no_acknowledged_event_is_lost
     topics = [topic for names in owned.values() for topic in names]
     env = {"HUB_RETRY_MS": "400", "HUB_REDIS_TIMEOUT_SECONDS": "2"}
     hubs = [gateway(env, redis_url=cluster.url) for _ in range(2)]
-    clients = [ReconnectingListener(hub.url, [topic]).start() for hub in hubs for topic in topics]
-    clients += [ReconnectingListener(hub.url, topics).start() for hub in hubs]
-    deadline = time.monotonic() + 20
-    while any(client.connections == 0 for client in clients):
-        assert time.monotonic() < deadline, "clients did not connect"
-        await asyncio.sleep(0.05)
+    clients = await listen_everywhere(hubs, topics)
 
     steady = WaitingPublisher(cluster.url, key_prefix, topics, rate=300, wait_replicas=1)
     publishing = asyncio.create_task(steady.run(seconds=10))
@@ -155,9 +150,7 @@ async def test_a_topic_whose_slot_migrates_keeps_its_events_in_order(
     topic = owned[next(iter(owned))][0]
     keys = Keys(key_prefix)
     hub = gateway(redis_url=cluster.url)
-    clients = [ReconnectingListener(hub.url, [topic]).start() for _ in range(3)]
-    while any(client.connections == 0 for client in clients):
-        await asyncio.sleep(0.05)
+    clients = await connected([ReconnectingListener(hub.url, [topic]).start() for _ in range(3)])
     steady = WaitingPublisher(cluster.url, key_prefix, [topic], rate=100, wait_replicas=1)
     publishing = asyncio.create_task(steady.run(seconds=5))
     await asyncio.sleep(1.5)
@@ -186,9 +179,9 @@ async def test_a_manual_failover_moves_subscriptions_off_the_demoted_primary(
     topics = owned[old_port]
     keys = Keys(key_prefix)
     hub = gateway(redis_url=cluster.url)
-    clients = [ReconnectingListener(hub.url, [topic]).start() for topic in topics for _ in range(2)]
-    while any(client.connections == 0 for client in clients):
-        await asyncio.sleep(0.05)
+    clients = await connected(
+        [ReconnectingListener(hub.url, [topic]).start() for topic in topics for _ in range(2)]
+    )
     steady = WaitingPublisher(cluster.url, key_prefix, topics, rate=100, wait_replicas=1)
     publishing = asyncio.create_task(steady.run(seconds=5))
     await asyncio.sleep(1.5)

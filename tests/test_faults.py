@@ -20,7 +20,7 @@ import redis
 from hub.config import Settings
 from processes import Gateway, Gateways
 from publisher import AsyncPublisher
-from sse_client import ReconnectingListener, count_losses
+from sse_client import ReconnectingListener, connected, count_losses
 from topology import Nginx
 
 pytestmark = pytest.mark.anyio
@@ -90,12 +90,7 @@ class SteadyPublisher:
 
 
 async def connect_clients(url: str, count: int, topic: str = "faults") -> list[ReconnectingListener]:
-    clients = [ReconnectingListener(url, [topic]).start() for _ in range(count)]
-    deadline = time.monotonic() + 20
-    while any(client.connections == 0 for client in clients):
-        assert time.monotonic() < deadline, "clients did not connect"
-        await asyncio.sleep(0.05)
-    return clients
+    return await connected([ReconnectingListener(url, [topic]).start() for _ in range(count)])
 
 
 async def settle_and_count(

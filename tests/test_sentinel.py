@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from failover import WaitingPublisher, settle_and_tally
+from failover import WaitingPublisher, listen_everywhere, settle_and_tally
 from processes import Gateways
 from redis_topologies import SERVICE_NAME, SentinelProcesses
-from sse_client import Listener, ReconnectingListener, publisher
+from sse_client import Listener, ReconnectingListener, connected, publisher
 
 pytestmark = pytest.mark.anyio
 
@@ -50,12 +50,7 @@ async def test_a_sentinel_failover_loses_no_acknowledged_event(
     topics = [f"feed-{n}" for n in range(6)]
     env = {"HUB_RETRY_MS": "400", "HUB_REDIS_TIMEOUT_SECONDS": "2"}
     hubs = [gateway(env, redis_url=sentinels.url) for _ in range(2)]
-    clients = [ReconnectingListener(hub.url, [topic]).start() for hub in hubs for topic in topics]
-    clients += [ReconnectingListener(hub.url, topics).start() for hub in hubs]
-    deadline = time.monotonic() + 20
-    while any(client.connections == 0 for client in clients):
-        assert time.monotonic() < deadline, "clients did not connect"
-        await asyncio.sleep(0.05)
+    clients = await listen_everywhere(hubs, topics)
 
     steady = WaitingPublisher(sentinels.url, key_prefix, topics, rate=200, wait_replicas=1)
     publishing = asyncio.create_task(steady.run(seconds=10))
@@ -84,9 +79,7 @@ async def test_a_switchover_with_the_old_primary_alive_loses_nothing(
     """`SENTINEL FAILOVER`: the old primary turns replica (writes get READONLY) instead of dying."""
     topics = [f"feed-{n}" for n in range(4)]
     hub = gateway({"HUB_RETRY_MS": "400"}, redis_url=sentinels.url)
-    clients = [ReconnectingListener(hub.url, [topic]).start() for topic in topics]
-    while any(client.connections == 0 for client in clients):
-        await asyncio.sleep(0.05)
+    clients = await connected([ReconnectingListener(hub.url, [topic]).start() for topic in topics])
     steady = WaitingPublisher(sentinels.url, key_prefix, topics, rate=100, wait_replicas=1)
     publishing = asyncio.create_task(steady.run(seconds=9))
     await asyncio.sleep(1.5)
