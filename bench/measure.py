@@ -47,7 +47,7 @@ def measure(scenario: Scenario, system: str, redis: RedisServer, opts: Options,
             with SYSTEMS[system](ctx) as ep:
                 time.sleep(0.5)
                 if scenario.kind == "live":
-                    row.update(_live(scenario, system, ep, redis, opts))
+                    row.update(live(scenario, system, ep, redis, opts))
                 elif scenario.kind == "idle":
                     row.update(_idle(scenario, ep, redis, opts))
                 else:
@@ -67,8 +67,8 @@ def _client(opts: Options, ep: Endpoint, s: Scenario, **kw: Any) -> LoadClient:
                       threads=opts.threads, coalesce_us=opts.coalesce_us, **kw)
 
 
-def _live(s: Scenario, system: str, ep: Endpoint, redis: RedisServer,
-          opts: Options) -> dict[str, Any]:
+def live(s: Scenario, system: str, ep: Endpoint, redis: RedisServer,
+         opts: Options) -> dict[str, Any]:
     groups = ep.pid_groups()
     targets = ep.targets(s.topics, opts.out)
     ready_timeout = 30 + s.clients / 200

@@ -55,7 +55,7 @@ def versions() -> dict[str, str]:
     out["cc"] = _run(["cc", "--version"])
     here = Path(__file__).resolve().parent
     commit = _run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"])
-    dirty = _run(["git", "-C", str(here), "status", "--porcelain", "--", "hub", "publisher"])
+    dirty = _run(["git", "-C", str(here.parent), "status", "--porcelain", "--", "hub", "publisher"])
     out["hub commit"] = commit + (" (hub/ or publisher/ modified since)" if dirty else "")
     return out
 
@@ -345,5 +345,5 @@ def write_chart(path: Path, rows: list[Row]) -> bool:
 
 
 def command_line() -> str:
-    args = [re.sub(r"^.*/(bench/run\.py)$", r"\1", a) for a in sys.argv]
+    args = [re.sub(r"^.*/(bench/\w+\.py)$", r"\1", a) for a in sys.argv]
     return "python " + " ".join(args)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +183,7 @@ class RunContext:
     prefix: str
     log: IO[bytes]
     workdir: Path
+    env: Mapping[str, str] = field(default_factory=dict)  # more HUB_* settings for the gateway
 
 
 def _hub_env(ctx: RunContext, port: int) -> dict[str, str]:
@@ -196,6 +197,7 @@ def _hub_env(ctx: RunContext, port: int) -> dict[str, str]:
         "HUB_SHUTDOWN_SECONDS": "5",
         "HUB_LOG_FORMAT": "text",
     })
+    env.update(ctx.env)
     # one process per gateway: the bench places the processes itself
     for name in ("HUB_PROCESSES", "HUB_WORKERS"):
         env[name] = "1"

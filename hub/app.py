@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers, QueryParams
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -26,10 +25,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hub import cursor, sse
 from hub.auth import Authority, Forbidden, Unauthorized
 from hub.config import Settings
-from hub.events import InvalidEvent
+from hub.events import EventTooLarge, InvalidEvent
 from hub.fanout import Unavailable
 from hub.gateway import TRUNCATED_HEADER, Gateway
 from hub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from hub.publish_request import BadRequest, read_publish_request
 from hub.stream import Ending
 from hub.topics import InvalidTopic, check_topic
 from publisher.client import AsyncPublisher
@@ -41,13 +41,6 @@ STREAM_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-
-
-class BadRequest(Exception):
-    def __init__(self, reason: str, status: int = 400) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
 
 
 def parse_stream_request(
@@ -73,31 +66,50 @@ def parse_stream_request(
         raise BadRequest(str(exc)) from None
 
 
+class OverLimit(Exception):
+    """A client address already holds as many requests as it may."""
+
+
+class ClientSlots:
+    """Open streams and publish requests per client address, against one limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: Counter[str] = Counter()
+
+    @contextmanager
+    def hold(self, scope: Scope) -> Iterator[None]:
+        client = scope.get("client")
+        address = client[0] if client else ""
+        if self.limit and self._held[address] >= self.limit:
+            raise OverLimit(f"over the limit of {self.limit} streams per client")
+        self._held[address] += 1
+        try:
+            yield
+        finally:
+            self._held[address] -= 1
+            if not self._held[address]:
+                del self._held[address]
+
+
 class EventsEndpoint:
     """`GET /events`: a raw ASGI app, because a stream outlives any Response object."""
 
-    def __init__(self, gateway: Gateway, authority: Authority) -> None:
+    def __init__(self, gateway: Gateway, authority: Authority, slots: ClientSlots) -> None:
         self.gateway = gateway
         self.authority = authority
-        self.streams_by_address: Counter[str] = Counter()
+        self.slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         if request.method not in ("GET", "HEAD"):
             await _reply(scope, receive, send, "use GET for /events", 405)
             return
-        address = request.client.host if request.client else ""
-        limit = self.gateway.settings.max_streams_per_client
-        if limit and self.streams_by_address[address] >= limit:
-            await _reply(scope, receive, send, f"over the limit of {limit} streams per client", 429)
-            return
-        self.streams_by_address[address] += 1
         try:
-            await self._stream(request, scope, receive, send)
-        finally:
-            self.streams_by_address[address] -= 1
-            if not self.streams_by_address[address]:
-                del self.streams_by_address[address]
+            with self.slots.hold(scope):
+                await self._stream(request, scope, receive, send)
+        except OverLimit as exc:
+            await _reply(scope, receive, send, str(exc), 429)
 
     async def _stream(self, request: Request, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -145,6 +157,10 @@ class EventsEndpoint:
                 expiry.cancel()
 
 
+def _unauthorized(reason: str) -> Response:
+    return PlainTextResponse(f"{reason}\n", 401, {"www-authenticate": "Bearer"})
+
+
 async def _reply(scope: Scope, receive: Receive, send: Send, reason: str, status: int) -> None:
     response = PlainTextResponse(reason + "\n", status_code=status)
     if status == 503:
@@ -157,6 +173,7 @@ async def _reply(scope: Scope, receive: Receive, send: Send, reason: str, status
 def create_app(gateway: Gateway) -> ASGIApp:
     settings = gateway.settings
     authority = Authority(settings)
+    slots = ClientSlots(settings.max_streams_per_client)
     enabled = bool(settings.publish_token) or authority.enabled
     publisher = AsyncPublisher(settings) if enabled else None
 
@@ -172,25 +189,31 @@ def create_app(gateway: Gateway) -> ASGIApp:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            return PlainTextResponse(
-                "send Authorization: Bearer <token>\n", 401, {"www-authenticate": "Bearer"}
-            )
-        if not fixed_token(token) and not authority.enabled:
-            return PlainTextResponse("the token is not valid\n", 403)
+            return _unauthorized("send Authorization: Bearer <token>")
         try:
-            topic, data, event_type = await _read_publish_body(request, settings)
-            if not fixed_token(token):
-                authority.check_publish(topic, token)
-            event_id = await publisher.publish(topic, data, event_type)
+            # The token is checked before a byte of the body is read.
+            if not fixed_token(token) and not authority.enabled:
+                raise Unauthorized("the token is not valid")
+            grant = None if fixed_token(token) else authority.verify(token)
+            if grant is not None and not grant.publish:
+                raise Forbidden("the token does not allow publishing")
+            with slots.hold(request.scope):
+                event = await read_publish_request(request, settings)
+            if grant is not None:
+                authority.check_publish(event.topic, grant)
+            event_id = await publisher.publish(event.topic, event.data, event.event_type)
         except BadRequest as exc:
             return PlainTextResponse(exc.reason + "\n", exc.status)
+        except OverLimit as exc:
+            return PlainTextResponse(f"{exc}\n", 429)
         except Unauthorized as exc:
-            return PlainTextResponse(f"{exc}\n", 401, {"www-authenticate": "Bearer"})
+            return _unauthorized(str(exc))
         except Forbidden as exc:
             return PlainTextResponse(f"{exc}\n", 403)
+        except EventTooLarge as exc:
+            return PlainTextResponse(f"{exc}\n", 413)
         except (InvalidTopic, InvalidEvent) as exc:
-            status = 413 if "over the limit" in str(exc) else 400
-            return PlainTextResponse(f"{exc}\n", status)
+            return PlainTextResponse(f"{exc}\n", 400)
         except (RedisError, OSError) as exc:
             return PlainTextResponse(f"redis unavailable: {exc}\n", 503, {"retry-after": "1"})
         return JSONResponse({"id": event_id})
@@ -235,7 +258,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
         if publisher is not None:
             await publisher.aclose()
 
-    events: ASGIApp = EventsEndpoint(gateway, authority)
+    events: ASGIApp = EventsEndpoint(gateway, authority, slots)
     if cors:
         events = CORSMiddleware(events, **cors)
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
@@ -273,44 +296,3 @@ class StreamsFirst:
             await self.events(scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-
-async def _read_publish_body(request: Request, settings: Settings) -> tuple[str, str, str]:
-    # JSON may escape every character six-fold; anything larger is refused unread.
-    limit = settings.max_event_bytes * 6 + 65_536
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(f"request body is over the limit of {limit} bytes", 413)
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise BadRequest(f"request body is over the limit of {limit} bytes", 413)
-    except ClientDisconnect:
-        raise BadRequest("the request body did not arrive") from None
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        try:
-            fields = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the body is not valid JSON") from None
-        if not isinstance(fields, dict):
-            raise BadRequest('send a JSON object: {"topic": ..., "data": ...}')
-    elif content_type in ("application/x-www-form-urlencoded", ""):
-        try:
-            fields = dict(QueryParams(body.decode("utf-8")))
-        except UnicodeDecodeError:
-            raise BadRequest("the form is not valid UTF-8") from None
-    else:
-        raise BadRequest("send application/json or a form", 415)
-    topic, data, event_type = fields.get("topic"), fields.get("data"), fields.get("type", "")
-    if not isinstance(topic, str) or not topic:
-        raise BadRequest("the field 'topic' is missing")
-    if data is None:
-        raise BadRequest("the field 'data' is missing")
-    if not isinstance(data, str):  # a JSON value is sent as its JSON text
-        data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    if not isinstance(event_type, str):
-        raise BadRequest("the field 'type' must be a string")
-    return topic, data, event_type

@@ -15,15 +15,21 @@ logs and browser history.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import jwt
+from jwt.algorithms import get_default_algorithms
 
-from hub.config import Settings
+from hub.config import ConfigError, Settings
+
+log = logging.getLogger("hub.auth")
+NUMERIC_CLAIMS = ("exp", "nbf", "iat")
 
 
 class Unauthorized(Exception):
@@ -56,12 +62,11 @@ class Authority:
     def __init__(self, settings: Settings) -> None:
         self.private = settings.private_topics
         self.cookie = settings.jwt_cookie
-        self.algorithms = list(settings.jwt_algorithms)
-        self.key = _load_key(settings.jwt_key)
+        self.keys = _verification_keys(_load_key(settings.jwt_key), settings.jwt_algorithms)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.key)
+        return bool(self.keys)
 
     def is_private(self, topic: str) -> bool:
         return covers(self.private, topic)
@@ -75,18 +80,32 @@ class Authority:
         return cookies.get(self.cookie) or query.get("authorization") or None
 
     def verify(self, token: str | None) -> Grant:
-        if not self.key:
+        """The grant of a valid token; `Unauthorized`, with the reason, for anything else."""
+        if not self.keys:
             raise Unauthorized("tokens are not accepted here: set HUB_JWT_KEY")
         if token is None:
             raise Unauthorized("a token is required: send Authorization: Bearer <JWT>")
         try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+            if not isinstance(algorithm, str) or algorithm not in self.keys:
+                raise Unauthorized(
+                    f"the token is not valid: its algorithm {str(algorithm)[:20]!r} is not "
+                    f"one of {', '.join(self.keys)}"
+                )
+            key = self.keys[algorithm]
             claims = jwt.decode(
-                token, self.key, algorithms=self.algorithms, options={"verify_aud": False}
+                token, key, algorithms=[algorithm], options={"verify_aud": False}
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired") from None
-        except jwt.InvalidTokenError as exc:
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            # PyJWTError covers more than InvalidTokenError (a key of the wrong type, for
+            # one); the others come from the cryptography underneath, on hostile input.
             raise Unauthorized(f"the token is not valid: {exc}") from None
+        for claim in NUMERIC_CLAIMS:
+            value = claims.get(claim)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise Unauthorized(f"the token is not valid: its {claim!r} claim must be a number")
         mercure = claims.get("mercure")
         if not isinstance(mercure, dict):
             mercure = {}
@@ -94,7 +113,7 @@ class Authority:
         return Grant(
             _patterns(mercure.get("subscribe")),
             _patterns(mercure.get("publish")),
-            float(exp) if isinstance(exp, (int, float)) else None,
+            float(exp) if exp is not None else None,
         )
 
     def check_subscribe(self, topics: Iterable[str], token: str | None) -> Grant | None:
@@ -108,8 +127,7 @@ class Authority:
             raise Forbidden(f"the token does not allow subscribing to {', '.join(refused)}")
         return grant
 
-    def check_publish(self, topic: str, token: str | None) -> None:
-        grant = self.verify(token)
+    def check_publish(self, topic: str, grant: Grant) -> None:
         if not covers(grant.publish, topic):
             raise Forbidden(f"the token does not allow publishing to {topic}")
 
@@ -120,6 +138,34 @@ def _patterns(value: object) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(item for item in value if isinstance(item, str))
     return ()
+
+
+def _verification_keys(key: str, algorithms: Iterable[str]) -> dict[str, Any]:
+    """The key, prepared once for each listed algorithm it can verify.
+
+    A secret serves the HS algorithms, an RSA public key RS and PS, an EC key
+    ES: a token of any other algorithm is refused before its signature is
+    looked at, so no key is ever used with an algorithm of another kind.
+    """
+    if not key:
+        return {}
+    known = get_default_algorithms()
+    keys: dict[str, Any] = {}
+    unusable = []
+    for name in algorithms:
+        if name not in known or name.lower() == "none":
+            raise ConfigError(f"HUB_JWT_ALGORITHMS: unknown algorithm {name!r}")
+        try:
+            keys[name] = known[name].prepare_key(key)
+        except (jwt.PyJWTError, ValueError, TypeError):
+            unusable.append(name)
+    if not keys:
+        raise ConfigError(
+            f"HUB_JWT_KEY cannot verify any of HUB_JWT_ALGORITHMS ({', '.join(algorithms)})"
+        )
+    if unusable:
+        log.warning("HUB_JWT_KEY cannot verify %s; tokens signed so are refused", ", ".join(unusable))
+    return keys
 
 
 def _load_key(value: str) -> str:

@@ -7,6 +7,7 @@ README shows, so the documentation and the defaults cannot drift apart.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -73,6 +74,12 @@ class Settings:
         "Unsent bytes a client may fall behind by before it is disconnected "
         "(it resumes from the stream when it reconnects).",
     )
+    client_stall_seconds: float = _setting(
+        "HUB_CLIENT_STALL_SECONDS",
+        20.0,
+        "A client whose socket accepts nothing for this long is disconnected and its "
+        "connection aborted (it resumes from the stream when it reconnects).",
+    )
     max_topics: int = _setting(
         "HUB_MAX_TOPICS", 32, "Topics one connection may subscribe to."
     )
@@ -112,8 +119,35 @@ class Settings:
     max_streams_per_client: int = _setting(
         "HUB_MAX_STREAMS_PER_CLIENT",
         0,
-        "Open streams one client address may hold (0: no limit). Behind a proxy the address "
-        "comes from X-Forwarded-For.",
+        "Open streams (and publish requests) one client address may hold at once "
+        "(0: no limit).",
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        "HUB_TRUSTED_PROXIES",
+        (),
+        "Comma-separated addresses or networks (`10.0.0.0/8`) of proxies whose "
+        "`X-Forwarded-For` names the client; `*` trusts every peer. Empty: the header is "
+        "ignored and the peer's address is the client's.",
+    )
+    request_header_seconds: float = _setting(
+        "HUB_REQUEST_HEADER_SECONDS",
+        10.0,
+        "Deadline for a request's line and headers, from the connection's start or the "
+        "request's first byte (408, then the connection is closed).",
+    )
+    request_body_seconds: float = _setting(
+        "HUB_REQUEST_BODY_SECONDS",
+        30.0,
+        "Deadline for a request's body once its headers are in (408).",
+    )
+    max_json_depth: int = _setting(
+        "HUB_MAX_JSON_DEPTH", 32, "Deepest nesting of arrays and objects in a JSON body (400)."
+    )
+    max_json_values: int = _setting(
+        "HUB_MAX_JSON_VALUES",
+        10_000,
+        "Most arrays, objects and members in a JSON body, counted before it is parsed "
+        "(413); larger structures can be sent as a string.",
     )
     shutdown_seconds: float = _setting(
         "HUB_SHUTDOWN_SECONDS",
@@ -161,6 +195,11 @@ class Settings:
             "HUB_MAX_URL_BYTES": self.max_url_bytes,
             "HUB_MAX_HEADER_BYTES": self.max_header_bytes,
             "HUB_PUBLISH_WAIT_MS": self.publish_wait_ms,
+            "HUB_CLIENT_STALL_SECONDS": self.client_stall_seconds,
+            "HUB_REQUEST_HEADER_SECONDS": self.request_header_seconds,
+            "HUB_REQUEST_BODY_SECONDS": self.request_body_seconds,
+            "HUB_MAX_JSON_DEPTH": self.max_json_depth,
+            "HUB_MAX_JSON_VALUES": self.max_json_values,
         }
         for env, value in positive.items():
             if value <= 0:
@@ -174,6 +213,14 @@ class Settings:
             raise ConfigError("retention, stream limits and replicas to wait for cannot be negative")
         if self.private_topics and not self.jwt_key:
             raise ConfigError("HUB_PRIVATE_TOPICS needs HUB_JWT_KEY to verify subscribers' tokens")
+        for proxy in self.trusted_proxies:
+            if proxy != "*":
+                try:
+                    ipaddress.ip_network(proxy, strict=False)
+                except ValueError:
+                    raise ConfigError(
+                        f"HUB_TRUSTED_PROXIES: {proxy!r} is not an address or a network"
+                    ) from None
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"HUB_LOG_FORMAT must be text or json, got {self.log_format!r}")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from hub.events import StreamId, format_id, parse_id
+from hub.events import ID_PART_MAX, StreamId, format_id, parse_id
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 MAX_CURSOR_LENGTH = 4096
@@ -45,10 +45,8 @@ def decode(cursor: str, topic_count: int) -> list[StreamId]:
     if topic_count == 1:
         try:
             return [parse_id(cursor)]
-        except ValueError:
-            raise InvalidCursor(
-                f"cursor {cursor[:40]!r} is not a stream ID like 1700000000000-0"
-            ) from None
+        except ValueError as exc:
+            raise InvalidCursor(f"bad cursor: {exc}; expected a stream ID like 1700000000000-0") from None
     parts = cursor.split(".")
     if len(parts) != topic_count + 1:
         raise InvalidCursor(
@@ -59,10 +57,10 @@ def decode(cursor: str, topic_count: int) -> list[StreamId]:
         positions = []
         for part in parts[1:]:
             delta, _, seq = part.partition("-")
-            ms = base - _int36(delta)
-            if ms < 0:
+            ms, sequence = base - _int36(delta), _int36(seq) if seq else 0
+            if not (0 <= ms <= ID_PART_MAX and sequence <= ID_PART_MAX):
                 raise ValueError
-            positions.append((ms, _int36(seq) if seq else 0))
+            positions.append((ms, sequence))
     except ValueError:
         raise InvalidCursor(f"cursor {cursor[:40]!r} is malformed") from None
     return positions

@@ -16,13 +16,22 @@ StreamId = tuple[int, int]
 """A stream entry ID as the pair of integers it stands for: IDs compare as pairs."""
 
 ORIGIN: Final[StreamId] = (0, 0)
-_STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+ID_PART_MAX: Final = 2**64 - 1
+"""Redis stores both parts of a stream ID as unsigned 64-bit integers."""
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 EVENT_TYPE_MAX_LENGTH = 64
 _EVENT_TYPE = re.compile(r"[A-Za-z0-9_\-.:/]{1,%d}" % EVENT_TYPE_MAX_LENGTH)
+RESERVED_EVENT_TYPES: Final = frozenset({"stream-reset"})
+"""Types the hub itself sends; a publisher may not use them (nor any `hub-` type)."""
+RESERVED_EVENT_TYPE_PREFIX: Final = "hub-"
 
 
 class InvalidEvent(ValueError):
     """An event the hub refuses: bad type, data too large, or undecodable."""
+
+
+class EventTooLarge(InvalidEvent):
+    """An event whose data is over the size limit."""
 
 
 def parse_id(text: str) -> StreamId:
@@ -30,7 +39,10 @@ def parse_id(text: str) -> StreamId:
     match = _STREAM_ID.fullmatch(text)
     if match is None:
         raise ValueError(f"not a stream ID: {text[:40]!r}")
-    return int(match[1]), int(match[2])
+    ms, seq = int(match[1]), int(match[2])
+    if ms > ID_PART_MAX or seq > ID_PART_MAX:
+        raise ValueError(f"stream ID {text[:45]!r} is out of range (each part below 2^64)")
+    return ms, seq
 
 
 def format_id(sid: StreamId) -> str:
@@ -39,6 +51,11 @@ def format_id(sid: StreamId) -> str:
 
 def check_event_type(event_type: str) -> str:
     """Return the type ('' is the default, `message`), or raise `InvalidEvent`."""
+    if event_type in RESERVED_EVENT_TYPES or event_type.startswith(RESERVED_EVENT_TYPE_PREFIX):
+        raise InvalidEvent(
+            f"event type {event_type!r} is reserved for the hub's own notices"
+            f" (reserved: {', '.join(sorted(RESERVED_EVENT_TYPES))}, {RESERVED_EVENT_TYPE_PREFIX}*)"
+        )
     if event_type == "" or _EVENT_TYPE.fullmatch(event_type):
         return event_type
     raise InvalidEvent(
@@ -50,7 +67,7 @@ def check_event_type(event_type: str) -> str:
 def check_data(data: str, max_bytes: int) -> str:
     size = len(data.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
-        raise InvalidEvent(f"event data is {size} bytes, over the limit of {max_bytes}")
+        raise EventTooLarge(f"event data is {size} bytes, over the limit of {max_bytes}")
     try:
         data.encode("utf-8")
     except UnicodeEncodeError:
@@ -66,24 +83,46 @@ class Event:
     type: str
     data: str
 
+    malformed: str = ""
+    """Why the hub cannot deliver this entry ('' for a good event): it keeps its
+    place in the topic's order but is never framed."""
+
     @classmethod
     def from_message(cls, topic: str, message: bytes) -> Event:
-        """Parse what the publish script announced on the topic's channel."""
+        """Parse what the publish script announced; ValueError if it is not such a message."""
         sid, prev, etype, data = message.split(b"\n", 3)
-        return cls(
-            topic, parse_id(sid.decode()), parse_id(prev.decode()), etype.decode(), data.decode()
-        )
+        return cls.checked(topic, parse_id(sid.decode("ascii")), prev, etype, data)
 
     @classmethod
     def from_entry(cls, topic: str, sid: bytes, entry: dict[bytes, bytes]) -> Event:
-        """Parse one stream entry as `XRANGE` returns it."""
-        return cls(
+        """Parse one stream entry as `XRANGE` returns it (Redis vouches for its ID)."""
+        return cls.checked(
             topic,
-            parse_id(sid.decode()),
-            parse_id(entry.get(b"p", b"0-0").decode()),
-            entry.get(b"t", b"").decode(),
-            entry.get(b"d", b"").decode(),
+            parse_id(sid.decode("ascii")),
+            entry.get(b"p", b"0-0"),
+            entry.get(b"t", b""),
+            entry.get(b"d", b""),
         )
+
+    @classmethod
+    def checked(cls, topic: str, sid: StreamId, prev: bytes, etype: bytes, data: bytes) -> Event:
+        """An event from raw fields, validated as a publish would; a bad one is `malformed`.
+
+        Anyone with write access to Redis can put anything in a stream: an
+        entry must never break the framing (a type with a newline would forge
+        `id:` lines) nor stop the topic's delivery.
+        """
+        try:
+            prev_id = parse_id(prev.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return cls(topic, sid, ORIGIN, "", "", "its previous-entry field is not a stream ID")
+        try:
+            event_type = check_event_type(etype.decode("utf-8"))
+            text = data.decode("utf-8")
+        except (UnicodeDecodeError, InvalidEvent) as exc:
+            reason = "its fields are not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            return cls(topic, sid, prev_id, "", "", reason)
+        return cls(topic, sid, prev_id, event_type, text)
 
 
 BINARY_MEDIA_TYPE = "application/octet-stream"

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 from hub import sse
-from hub.events import ORIGIN, Event, StreamId
-from hub.history import History
+from hub.events import ORIGIN, Event, StreamId, format_id
+from hub.history import History, Page
 from hub.primaries import Primaries
 from hub.sse import Framed
 from hub.stream import ClientStream
@@ -34,6 +34,8 @@ log = logging.getLogger("hub.fanout")
 
 JOIN_PENDING_LIMIT = 10_000
 """Live events kept for a client still replaying; past that it re-reads them from the stream."""
+BACKLOG_LIMIT = 10_000
+"""Live events parked for a topic that is catching up; past that it reads them from the stream."""
 
 
 class Unavailable(Exception):
@@ -85,6 +87,7 @@ class Topic:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     waiters: int = 0
     catching_up: asyncio.Task[None] | None = None
+    reread: bool = False
 
     def idle(self) -> bool:
         return not (self.simple or self.composite or self.joining or self.waiters)
@@ -97,7 +100,7 @@ class Resume:
     topic: Topic
     index: int
     after: StreamId
-    first_page: list[Framed]
+    first_page: Page
     truncated: bool
 
 
@@ -107,6 +110,7 @@ class Counters:
     deliveries: int = 0
     events_replayed: int = 0
     gaps_filled: int = 0
+    malformed_skipped: int = 0
 
 
 class Fanout:
@@ -182,8 +186,8 @@ class Fanout:
         resumes = []
         for index, (topic, cursor) in enumerate(zip(topics, after)):
             page = await self._history.page_after(topic.name, cursor)
-            if page:
-                truncated = page[0].event.prev != cursor
+            if page.events:
+                truncated = page.events[0].event.prev != cursor
             else:
                 truncated = cursor != ORIGIN and not await self._history.contains(
                     topic.name, cursor
@@ -199,27 +203,33 @@ class Fanout:
         topic, after, page = resume.topic, resume.after, resume.first_page
         composite = len(client.topics) > 1
         if resume.truncated:
-            first = page[0].event.id if page else None
-            client.push_unbounded(sse.reset_notice(topic.name, first))
+            first = page.events[0].event.id if page.events else None
+            await client.push_paced(sse.reset_notice(topic.name, first))
         fresh = False  # whether `page` comes from a read started after this client registered
         while not client.ended:
-            for framed in page:
-                if framed.event.id > after:
-                    after = framed.event.id
+            for framed in page.events:
+                if framed.event.id <= after:
+                    continue
+                after = framed.event.id
+                if not framed.frame:  # malformed: it keeps its place, nothing is sent
                     if composite:
-                        client.push_at(resume.index, after, framed.body, paced=True)
-                    else:
-                        client.push_unbounded(framed.frame)
-                    self.counters.events_replayed += 1
+                        client.positions[resume.index] = after
+                elif composite:
+                    await client.push_at_paced(resume.index, after, framed.body)
+                else:
+                    await client.push_paced(framed.frame)
+                self.counters.events_replayed += 1
+            if client.ended:
+                return
             joiner = topic.joining[client]
-            if len(page) < self._history.page_size:
+            if page.complete:
                 await joiner.reach(after)
                 rest = [framed for framed in joiner.pending if framed.event.id > after]
                 meets = rest[0].event.prev == after if rest else after >= joiner.newest
-                if meets or (fresh and not page):
+                if meets or (fresh and not page.events):
                     if not meets:  # trimmed while this client read: say so, then go on
                         kept = rest[0].event.id if rest else None
-                        client.push_unbounded(sse.reset_notice(topic.name, kept))
+                        client.push(sse.reset_notice(topic.name, kept))
                     del topic.joining[client]
                     client.positions[resume.index] = after
                     for framed in rest:
@@ -228,7 +238,7 @@ class Fanout:
                     return
                 # Share reads with other clients resuming from the same place; insist on
                 # a read of one's own only when a shared one brought nothing new.
-                fresh = not page
+                fresh = not page.events
             else:
                 fresh = False
             await client.drained()
@@ -254,7 +264,9 @@ class Fanout:
             topic.composite[client] = index
 
     def _send(self, client: ClientStream, index: int, framed: Framed) -> None:
-        if len(client.topics) == 1:
+        if not framed.frame:
+            client.positions[index] = framed.event.id
+        elif len(client.topics) == 1:
             client.push(framed.frame)
         else:
             client.push_at(index, framed.event.id, framed.body)
@@ -285,11 +297,15 @@ class Fanout:
         try:
             event = Event.from_message(name, message)
         except (ValueError, UnicodeDecodeError):
+            # Not the publish script's: its stream entry, if any, is read on the gap it leaves.
             log.warning("ignored a malformed message on topic %s", name)
             return
         self.counters.events_received += 1
         if topic.backlog is not None:
-            topic.backlog.append(event)
+            if len(topic.backlog) < BACKLOG_LIMIT:
+                topic.backlog.append(event)
+            else:  # the stream holds them: catch up again rather than hold them here
+                topic.reread = True
         elif topic.position is None or event.id <= topic.position:
             return  # already delivered
         elif event.prev != topic.position:
@@ -302,16 +318,32 @@ class Fanout:
     def _deliver(self, topic: Topic, framed: Framed) -> None:
         topic.position = framed.event.id
         frame = framed.frame
+        for joiner in topic.joining.values():
+            joiner.add(framed)
+        if not frame:
+            self._skip(topic, framed)
+            return
         for client in topic.simple:
             client.push(frame)
         if topic.composite:
             sid, body = framed.event.id, framed.body
             for client, index in topic.composite.items():
                 client.push_at(index, sid, body)
-        for joiner in topic.joining.values():
-            joiner.add(framed)
         self.counters.deliveries += len(topic.simple) + len(topic.composite)
         self._on_delivery(framed.event)
+
+    def _skip(self, topic: Topic, framed: Framed) -> None:
+        """A malformed event keeps its place in the topic's order; nothing is sent."""
+        self.counters.malformed_skipped += 1
+        log.error(
+            "skipped event %s of topic %s: %s",
+            format_id(framed.event.id),
+            topic.name,
+            framed.event.malformed,
+            extra={"event": "malformed_entry"},
+        )
+        for client, index in topic.composite.items():  # their cursors still move past it
+            client.positions[index] = framed.event.id
 
     def _catch_up(self, topic: Topic) -> None:
         if topic.backlog is None:
@@ -325,13 +357,20 @@ class Fanout:
         while self._topics.get(topic.name) is topic:
             try:
                 ticket = self._history.ticket()
+                topic.reread = False
                 if topic.position is None:
                     topic.position = await self._history.tail(topic.name)
                     topic.ready.set()
                 else:
                     await self._deliver_history(topic, ticket)
-            except RedisError as exc:
-                log.warning("catching up topic %s failed: %s", topic.name, exc)
+            except Exception as exc:  # noqa: BLE001 - whatever it was, the topic must go on
+                log.log(
+                    logging.WARNING if isinstance(exc, RedisError) else logging.ERROR,
+                    "catching up topic %s failed: %s",
+                    topic.name,
+                    exc,
+                    exc_info=not isinstance(exc, RedisError),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
@@ -345,22 +384,23 @@ class Fanout:
                     break
                 self._deliver(topic, Framed.of(event))
             else:
-                topic.backlog = None
-                return
+                if not topic.reread:
+                    topic.backlog = None
+                    return
 
     async def _deliver_history(self, topic: Topic, ticket: int) -> None:
         first = True
         while True:
             assert topic.position is not None
             page = await self._history.page_after(topic.name, topic.position, not_before=ticket)
-            for framed in page:
+            for framed in page.events:
                 if first and framed.event.prev != topic.position:
                     notice = sse.reset_notice(topic.name, framed.event.id)
                     for client in (*topic.simple, *topic.composite):
                         client.push(notice)
                 first = False
                 self._deliver(topic, framed)
-            if len(page) < self._history.page_size:
+            if page.complete:
                 return
 
 

@@ -54,7 +54,9 @@ class Gateway:
             REDIS_CONNECTIONS,
             settings.redis_timeout_seconds,
         )
-        self.history = History(self.primaries, keys, settings.replay_page)
+        self.history = History(
+            self.primaries, keys, settings.replay_page, settings.client_buffer_bytes
+        )
         self.metrics = Metrics()
         self.fanout = Fanout(
             self.primaries,
@@ -69,17 +71,20 @@ class Gateway:
         self._flusher = Flusher()
         self.slow_disconnects = 0
         self._heartbeat: asyncio.Task[None] | None = None
+        self._stall_sweep: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Gateway:
         await self.primaries.__aenter__()
         await self.fanout.__aenter__()
         self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
+        self._stall_sweep = asyncio.create_task(self._sweep_stalled(), name="stall sweep")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.end_all()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for task in (self._heartbeat, self._stall_sweep):
+            if task is not None:
+                task.cancel()
         await self.fanout.__aexit__(*exc_info)
         await self.primaries.__aexit__(*exc_info)
 
@@ -124,7 +129,7 @@ class Gateway:
     async def serve(self, opened: Opened, send: Send, receive: Receive) -> None:
         """Write the stream until it ends; the response has started."""
         client = opened.client
-        client.push_unbounded(sse.retry(self.retry_hint()))
+        client.push(sse.retry(self.retry_hint()))
         replay = asyncio.create_task(self._replay(client, opened.resumes))
         try:
             await client.run(send, receive)
@@ -160,6 +165,12 @@ class Gateway:
 
     def _jittered_retry(self, low: float, high: float) -> int:
         return max(100, int(self.settings.retry_ms * random.uniform(low, high)))
+
+    async def _sweep_stalled(self) -> None:
+        stall = self.settings.client_stall_seconds
+        while True:
+            await asyncio.sleep(min(1.0, stall / 4))
+            self._flusher.drop_stalled(stall)
 
     async def _beat(self) -> None:
         while True:

@@ -5,12 +5,18 @@ clients to reconnect here with the same cursor, one `XRANGE` serves them all.
 A read is shared with whoever asks for the same (topic, cursor) while it runs
 and for `SHARE_SECONDS` after; a caller that needs what was written after
 some moment asks for a read that started after it (`not_before`).
+
+A page holds at most `page_size` events and about `page_bytes` of them: Redis
+cannot bound an `XRANGE` by size, so a page is read in steps, each sized by the
+largest entry seen so far, and a topic of 1 MB events never loads a thousand
+of them at once for one resuming client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -21,26 +27,39 @@ from hub.sse import Framed
 from hub.topics import Keys
 
 SHARE_SECONDS = 1.0
+FIRST_STEP = 16
+"""Entries asked for by a page's first read; most resumes miss fewer."""
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
+log = logging.getLogger("hub.history")
+
+
+@dataclass(frozen=True)
+class Page:
+    """Events after a cursor, oldest first; `complete` when they reach the stream's end."""
+
+    events: list[Framed]
+    complete: bool
 
 
 @dataclass
 class _Read:
     ticket: int
-    result: asyncio.Future[list[Framed]] = field(
+    result: asyncio.Future[Page] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
 class History:
-    def __init__(self, primaries: Primaries, keys: Keys, page_size: int) -> None:
+    def __init__(self, primaries: Primaries, keys: Keys, page_size: int, page_bytes: int) -> None:
         self._primaries = primaries
         self._keys = keys
         self.page_size = page_size
+        self.page_bytes = page_bytes
         self._tickets = itertools.count(1)
         self._reads: dict[tuple[str, StreamId], _Read] = {}
         self._running: set[asyncio.Task[None]] = set()
         self.reads_done = 0
+        self.malformed_skipped = 0
 
     def ticket(self) -> int:
         """A mark in time: reads started after it have a larger ticket."""
@@ -57,8 +76,8 @@ class History:
         text = format_id(sid)
         return bool(await self._read(topic, lambda key: ("XRANGE", key, text, text, "COUNT", 1)))
 
-    async def page_after(self, topic: str, after: StreamId, not_before: int = 0) -> list[Framed]:
-        """Up to `page_size` events after `after`, oldest first."""
+    async def page_after(self, topic: str, after: StreamId, not_before: int = 0) -> Page:
+        """Up to `page_size` events (and about `page_bytes`) after `after`."""
         key = (topic, after)
         read = self._reads.get(key)
         if read is None or read.ticket <= not_before or (
@@ -72,24 +91,46 @@ class History:
         return await asyncio.shield(read.result)
 
     async def _run(self, key: tuple[str, StreamId], read: _Read) -> None:
-        topic, after = key
         try:
-            entries = cast(
-                Entries,
-                await self._read(
-                    topic,
-                    lambda key: ("XRANGE", key, f"({format_id(after)}", "+", "COUNT", self.page_size),
-                ),
-            )
+            read.result.set_result(await self._read_page(*key))
             self.reads_done += 1
-            read.result.set_result(
-                [Framed.of(Event.from_entry(topic, sid, fields)) for sid, fields in entries]
-            )
         except Exception as exc:  # the waiting clients get the error; nothing is cached
             read.result.set_exception(exc)
             read.result.exception()  # retrieved: a read nobody awaits any more is no warning
         finally:
             asyncio.get_running_loop().call_later(SHARE_SECONDS, self._forget, key, read)
+
+    async def _read_page(self, topic: str, after: StreamId) -> Page:
+        events: list[Framed] = []
+        size, largest, step = 0, 1, min(FIRST_STEP, self.page_size)
+        while True:
+            start = f"({format_id(after)}"
+            entries = cast(
+                Entries,
+                await self._read(topic, lambda key: ("XRANGE", key, start, "+", "COUNT", step)),
+            )
+            for sid, fields in entries:
+                event = Event.from_entry(topic, sid, fields)
+                if event.malformed:
+                    self.malformed_skipped += 1
+                    log.error(
+                        "skipped stream entry %s of topic %s: %s",
+                        sid.decode("ascii", "replace"),
+                        topic,
+                        event.malformed,
+                        extra={"event": "malformed_entry"},
+                    )
+                events.append(Framed.of(event))
+                entry_bytes = sum(len(value) for value in fields.values())
+                size += entry_bytes
+                largest = max(largest, entry_bytes)
+            if len(entries) < step:
+                return Page(events, complete=True)
+            after = events[-1].event.id
+            room = min(self.page_size - len(events), (self.page_bytes - size) // largest)
+            if room <= 0:
+                return Page(events, complete=False)
+            step = min(room, step * 4)
 
     async def _read(self, topic: str, command: Callable[[str], Command]) -> Any:
         """One read of the topic's stream (its key is passed in), on the primary that holds it."""

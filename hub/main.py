@@ -14,10 +14,13 @@ from pathlib import Path
 
 import uvicorn
 import uvloop
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hub import logs, topology
 from hub.app import create_app
+from hub.auth import Authority
 from hub.config import ConfigError, Settings
+from hub.connection_guard import Limits, guarded
 from hub.embedded import embedded_redis
 from hub.gateway import Gateway
 from hub.workers import WORKER_FLAG, listening_socket, supervise
@@ -30,6 +33,7 @@ def main() -> None:
         settings = Settings.from_env()
         if settings.redis_url:
             topology.from_url(settings.redis_url, settings.redis_timeout_seconds)  # its shape
+        Authority(settings)  # its key fits its algorithms
     except ConfigError as exc:
         sys.exit(f"sse-hub: error: {exc}")
     logs.configure(settings)
@@ -50,11 +54,22 @@ async def serve(settings: Settings, worker: bool = False) -> None:
             url = await stack.enter_async_context(embedded_redis())
             settings = dataclasses.replace(settings, redis_url=url)
         gateway = await stack.enter_async_context(Gateway(settings))
+        limits = Limits(
+            # Room for the longest request line and header block the app accepts; the
+            # app then answers 414 or 431 with the exact limit.
+            max_header_bytes=settings.max_url_bytes + 2 * settings.max_header_bytes,
+            header_seconds=settings.request_header_seconds,
+            body_seconds=settings.request_body_seconds,
+            linger_seconds=settings.client_stall_seconds,
+        )
         config = uvicorn.Config(
             create_app(gateway),
             host=settings.host,
             port=settings.port,
-            http="httptools",
+            http=guarded(HttpToolsProtocol, limits),
+            # uvicorn believes X-Forwarded-For from loopback unless told otherwise.
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=list(settings.trusted_proxies),
             ws="none",
             lifespan="on",
             log_config=None,

@@ -77,6 +77,9 @@ class _GatewayCollector(Collector):
              gateway.history.reads_done),
             ("hub_slow_client_disconnects", "Clients dropped for falling behind.",
              gateway.slow_disconnects),
+            ("hub_malformed_entries_skipped", "Stream entries or messages the gateway could not "
+             "decode, skipped (each read of one counts).",
+             counters.malformed_skipped + gateway.history.malformed_skipped),
             ("hub_redis_reconnects", "Times a Redis subscription connection was lost and made again.",
              gateway.fanout.subscription.reconnects),
             ("hub_redis_topic_moves", "Times a topic's subscription moved to another primary "

@@ -7,7 +7,6 @@ to every client of the event's topic.
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 
 from hub.events import Event, StreamId, format_id
@@ -39,7 +38,8 @@ class Framed:
 
     `frame` is the whole frame with the stream ID as `id` (what a one-topic
     connection sends); `body` is the frame without its `id:` line, for
-    connections whose cursor is a composite.
+    connections whose cursor is a composite. A malformed event has neither: it
+    holds its place in the topic's order and sends nothing.
     """
 
     event: Event
@@ -48,6 +48,8 @@ class Framed:
 
     @classmethod
     def of(cls, event: Event) -> Framed:
+        if event.malformed:
+            return cls(event, b"", b"")
         body = event_body(event.type, event.data)
         return cls(event, body, id_line(format_id(event.id)) + body)
 

@@ -30,6 +30,9 @@ from hub.events import StreamId
 
 log = logging.getLogger("hub.stream")
 
+REPLAY_WINDOW = 65_536
+"""Bytes of history handed to a client's socket per write: large enough for few writes."""
+
 
 class Ending(enum.Enum):
     DISCONNECTED = "disconnected"
@@ -39,11 +42,16 @@ class Ending(enum.Enum):
 
 
 class Flusher:
-    """Writes every client that has something to send, once per event-loop turn."""
+    """Writes every client that has something to send, once per event-loop turn.
+
+    It also knows which clients' writes wait on a socket that does not drain
+    (`stalled`), so the gateway can drop the ones that stay stuck.
+    """
 
     def __init__(self) -> None:
         self._dirty: list[ClientStream] = []
         self._scheduled = False
+        self.stalled: set[ClientStream] = set()
 
     def mark(self, client: ClientStream) -> None:
         self._dirty.append(client)
@@ -61,12 +69,21 @@ class Flusher:
                 log.exception("writing to a client failed")
                 client.end(Ending.DISCONNECTED)
 
+    def drop_stalled(self, longer_than: float) -> int:
+        """End, as slow, every client whose write has waited over `longer_than` seconds."""
+        cutoff = asyncio.get_running_loop().time() - longer_than
+        stuck = [client for client in self.stalled if client.stalled_since <= cutoff]
+        for client in stuck:
+            client.end(Ending.SLOW)
+        return len(stuck)
+
 
 class ClientStream:
     __slots__ = (
         "topics",
         "positions",
         "bytes_sent",
+        "stalled_since",
         "_limit",
         "_flusher",
         "_chunks",
@@ -91,6 +108,7 @@ class ClientStream:
         self.topics = topics
         self.positions = positions
         self.bytes_sent = 0
+        self.stalled_since = 0.0
         self._limit = limit
         self._flusher = flusher
         self._chunks: list[bytes] = []
@@ -112,34 +130,49 @@ class ClientStream:
         return cursor.encode(self.positions)
 
     def push(self, data: bytes) -> None:
-        """Queue bytes for this client; drop it if it has fallen too far behind."""
+        """Queue bytes for this client; drop it if it has fallen too far behind.
+
+        One frame always fits, however large: only a client with more than one
+        frame waiting, over the limit in all, is slow.
+        """
         if self._ending is not None:
             return
         self._chunks.append(data)
         self._pending += len(data)
-        if self._pending > self._limit:
+        if self._pending > self._limit and len(self._chunks) > 1:
             self.end(Ending.SLOW)
         elif not self._dirty:
             self._dirty = True
             self._flusher.mark(self)
 
-    def push_unbounded(self, data: bytes) -> None:
-        """Queue bytes that the caller paces itself with `drained` (history replay)."""
+    async def push_paced(self, data: bytes) -> None:
+        """Queue bytes once the buffer has room for them (history replay).
+
+        The replay waits for the socket instead of dropping the client, and
+        hands it `REPLAY_WINDOW` bytes at a time (or one larger frame): what a
+        write leaves queued in the server's transport when the client is not
+        reading is never more. A client that stops reading is dropped when its
+        write stalls.
+        """
+        if self._pending and self._pending + len(data) > min(self._limit, REPLAY_WINDOW):
+            await self.drained()
         if self._ending is None:
             self._chunks.append(data)
+            self._pending += len(data)
             self._drained.clear()
             if not self._dirty:
                 self._dirty = True
                 self._flusher.mark(self)
 
-    def push_at(self, index: int, sid: StreamId, body: bytes, paced: bool = False) -> None:
+    async def push_at_paced(self, index: int, sid: StreamId, body: bytes) -> None:
+        """`push_at` for history replay (see `push_paced`)."""
+        self.positions[index] = sid
+        await self.push_paced(b"id: " + cursor.encode(self.positions).encode() + b"\n" + body)
+
+    def push_at(self, index: int, sid: StreamId, body: bytes) -> None:
         """Queue an event of topic `index` on a connection with a composite cursor."""
         self.positions[index] = sid
-        frame = b"id: " + cursor.encode(self.positions).encode() + b"\n" + body
-        if paced:
-            self.push_unbounded(frame)
-        else:
-            self.push(frame)
+        self.push(b"id: " + cursor.encode(self.positions).encode() + b"\n" + body)
 
     async def drained(self) -> None:
         """Wait until everything queued so far has been handed to the server."""
@@ -161,10 +194,13 @@ class ClientStream:
             self._drained.set()
         else:
             self._blocked = asyncio.create_task(self._finish_write(rest))
+            self.stalled_since = asyncio.get_running_loop().time()
+            self._flusher.stalled.add(self)
 
     async def _finish_write(self, rest: Awaitable[None]) -> None:
         await rest
         self._blocked = None
+        self._flusher.stalled.discard(self)
         if self._chunks:
             self.write()
         else:
@@ -175,6 +211,7 @@ class ClientStream:
         if self._ending is not None:
             return
         self._ending = ending
+        self._flusher.stalled.discard(self)
         if ending is Ending.SLOW or ending is Ending.DISCONNECTED:
             self._chunks.clear()
             self._pending = 0
