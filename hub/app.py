@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ from hub.stream import Ending
 from hub.topics import InvalidTopic, check_topic
 from publisher.client import AsyncPublisher
 
+log = logging.getLogger("hub.app")
 UNAVAILABLE_HEADER = "Hub-Unavailable"
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STREAM_HEADERS = [
@@ -158,7 +160,10 @@ class EventsEndpoint:
 
 
 def _unauthorized(reason: str) -> Response:
-    return PlainTextResponse(f"{reason}\n", 401, {"www-authenticate": "Bearer"})
+    # The body, if any, is left unread: the connection closes rather than wait for it.
+    return PlainTextResponse(
+        f"{reason}\n", 401, {"www-authenticate": "Bearer", "connection": "close"}
+    )
 
 
 async def _reply(scope: Scope, receive: Receive, send: Send, reason: str, status: int) -> None:
@@ -173,6 +178,11 @@ async def _reply(scope: Scope, receive: Receive, send: Send, reason: str, status
 def create_app(gateway: Gateway) -> ASGIApp:
     settings = gateway.settings
     authority = Authority(settings)
+    if authority.unusable:
+        log.warning(
+            "HUB_JWT_KEY cannot verify %s; tokens signed so are refused",
+            ", ".join(authority.unusable),
+        )
     slots = ClientSlots(settings.max_streams_per_client)
     enabled = bool(settings.publish_token) or authority.enabled
     publisher = AsyncPublisher(settings) if enabled else None
@@ -202,14 +212,14 @@ def create_app(gateway: Gateway) -> ASGIApp:
             if grant is not None:
                 authority.check_publish(event.topic, grant)
             event_id = await publisher.publish(event.topic, event.data, event.event_type)
-        except BadRequest as exc:
-            return PlainTextResponse(exc.reason + "\n", exc.status)
+        except BadRequest as exc:  # a body refused unread, or read in part: no keep-alive
+            return PlainTextResponse(exc.reason + "\n", exc.status, {"connection": "close"})
         except OverLimit as exc:
-            return PlainTextResponse(f"{exc}\n", 429)
+            return PlainTextResponse(f"{exc}\n", 429, {"connection": "close"})
         except Unauthorized as exc:
             return _unauthorized(str(exc))
         except Forbidden as exc:
-            return PlainTextResponse(f"{exc}\n", 403)
+            return PlainTextResponse(f"{exc}\n", 403, {"connection": "close"})
         except EventTooLarge as exc:
             return PlainTextResponse(f"{exc}\n", 413)
         except (InvalidTopic, InvalidEvent) as exc:

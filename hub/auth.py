@@ -15,7 +15,6 @@ logs and browser history.
 from __future__ import annotations
 
 import fnmatch
-import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from jwt.algorithms import get_default_algorithms
 
 from hub.config import ConfigError, Settings
 
-log = logging.getLogger("hub.auth")
 NUMERIC_CLAIMS = ("exp", "nbf", "iat")
 
 
@@ -62,7 +60,9 @@ class Authority:
     def __init__(self, settings: Settings) -> None:
         self.private = settings.private_topics
         self.cookie = settings.jwt_cookie
-        self.keys = _verification_keys(_load_key(settings.jwt_key), settings.jwt_algorithms)
+        self.keys, self.unusable = _verification_keys(
+            _load_key(settings.jwt_key), settings.jwt_algorithms
+        )
 
     @property
     def enabled(self) -> bool:
@@ -140,15 +140,17 @@ def _patterns(value: object) -> tuple[str, ...]:
     return ()
 
 
-def _verification_keys(key: str, algorithms: Iterable[str]) -> dict[str, Any]:
-    """The key, prepared once for each listed algorithm it can verify.
+def _verification_keys(
+    key: str, algorithms: Iterable[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """The key, prepared once for each listed algorithm it can verify; those it cannot.
 
     A secret serves the HS algorithms, an RSA public key RS and PS, an EC key
     ES: a token of any other algorithm is refused before its signature is
     looked at, so no key is ever used with an algorithm of another kind.
     """
     if not key:
-        return {}
+        return {}, []
     known = get_default_algorithms()
     keys: dict[str, Any] = {}
     unusable = []
@@ -163,9 +165,7 @@ def _verification_keys(key: str, algorithms: Iterable[str]) -> dict[str, Any]:
         raise ConfigError(
             f"HUB_JWT_KEY cannot verify any of HUB_JWT_ALGORITHMS ({', '.join(algorithms)})"
         )
-    if unusable:
-        log.warning("HUB_JWT_KEY cannot verify %s; tokens signed so are refused", ", ".join(unusable))
-    return keys
+    return keys, unusable
 
 
 def _load_key(value: str) -> str:

@@ -97,11 +97,14 @@ class Settings:
     jwt_key: str = _setting(
         "HUB_JWT_KEY",
         "",
-        "Key that verifies JWTs: the HS256 secret, or a PEM public key (or its file) for "
-        "RS256/ES256.",
+        "Key that verifies JWTs: the HS256 secret, or a PEM public key (or its file): RSA "
+        "for RS256/PS256, EC for ES256.",
     )
     jwt_algorithms: tuple[str, ...] = _setting(
-        "HUB_JWT_ALGORITHMS", ("HS256",), "Comma-separated JWT algorithms accepted."
+        "HUB_JWT_ALGORITHMS",
+        ("HS256",),
+        "Comma-separated JWT algorithms accepted; those the key cannot verify are refused "
+        "(with a warning at start).",
     )
     jwt_cookie: str = _setting(
         "HUB_JWT_COOKIE", "mercureAuthorization", "Cookie a browser's token may come in."

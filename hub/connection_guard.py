@@ -11,8 +11,10 @@ and, with a parser of its own that sees the same bytes first:
 - gives the request line and headers a deadline from the first byte (or from
   the connection's start), and the body another once the headers are in (408);
 - closes for real: a transport closed while its peer reads nothing would wait
-  for a drain that never comes, so it is aborted (the kernel frees its buffers
-  too). A close with data still queued is aborted after `linger` seconds.
+  for a drain that never comes, so it is aborted, with a zero `SO_LINGER` so
+  that the kernel resets the connection and frees its buffers at once instead
+  of keeping the orphaned socket to go on sending. A close with data still
+  queued is aborted so after `linger` seconds.
 
 The inner protocol only ever sees a `_Transport` proxy, whose `close` does that.
 """
@@ -20,6 +22,9 @@ The inner protocol only ever sees a `_Transport` proxy, whose `close` does that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -44,6 +49,7 @@ def guarded(inner: type[asyncio.Protocol], limits: Limits) -> type[asyncio.Proto
     return Guarded
 
 
+_LINGER_OFF = struct.pack("ii", 1, 0)  # on, 0 s: close() resets the connection
 _STATUS = {
     408: b"408 Request Timeout",
     431: b"431 Request Header Fields Too Large",
@@ -156,12 +162,21 @@ class GuardedProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if self._writing_paused:
-            transport.abort()
+            self._reset()
             return
         transport.close()
         if transport.get_write_buffer_size():
             loop = asyncio.get_running_loop()
-            self._linger = loop.call_later(self._limits.linger_seconds, transport.abort)
+            self._linger = loop.call_later(self._limits.linger_seconds, self._reset)
+
+    def _reset(self) -> None:
+        """Abort the connection with a TCP reset, dropping what the kernel still holds."""
+        assert self._transport is not None
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+        self._transport.abort()
 
     def _refuse(self, status: int, reason: str) -> None:
         """Answer `status` unless something was written on this connection, then close it."""

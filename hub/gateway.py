@@ -31,6 +31,8 @@ log = logging.getLogger("hub.gateway")
 TRUNCATED_HEADER = "Hub-Replay-Truncated"
 REDIS_CONNECTIONS = 16
 """Connections per Redis primary for history reads."""
+REPLAY_PAGE_BYTES = 262_144
+"""Most entry bytes in one history page: a resuming client that stops reading pins one."""
 
 
 @dataclass
@@ -55,7 +57,10 @@ class Gateway:
             settings.redis_timeout_seconds,
         )
         self.history = History(
-            self.primaries, keys, settings.replay_page, settings.client_buffer_bytes
+            self.primaries,
+            keys,
+            settings.replay_page,
+            min(settings.client_buffer_bytes, REPLAY_PAGE_BYTES),
         )
         self.metrics = Metrics()
         self.fanout = Fanout(

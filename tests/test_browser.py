@@ -151,7 +151,7 @@ def test_the_publish_form_sends_events_every_panel_shows(
 
     page.get_by_test_id("publish-token").fill("not-the-token")
     page.get_by_test_id("publish-send").click()
-    expect(status).to_contain_text("HTTP 403")
+    expect(status).to_contain_text("HTTP 401: the token is not valid")
     hub.expect_all("count", "0", 3)
 
     page.get_by_test_id("publish-token").fill(token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import random
@@ -222,9 +223,9 @@ async def test_a_slow_client_is_dropped_while_fast_ones_keep_receiving(
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     slow.settimeout(20)
     received = 0
-    while chunk := slow.recv(1 << 20):  # the gateway closed it: reading ends, not hangs
-        received += len(chunk)
-    slow.close()
+    with slow, contextlib.suppress(ConnectionResetError):  # the gateway resets what it drops
+        while chunk := slow.recv(1 << 20):  # the gateway closed it: reading ends, not hangs
+            received += len(chunk)
     assert received < 600 * 10_000
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{hub.url}/healthz")).status_code == 200

@@ -65,19 +65,23 @@ def non_reading_socket(port: int) -> socket.socket:
     return sock
 
 
+LISTEN, TIME_WAIT, CLOSE = "0A", "06", "07"
+
+
 def server_connections(port: int) -> int:
-    """Established TCP connections whose local port is `port` (the server's side of them).
+    """Sockets the kernel holds for the server's side of connections to `port`.
 
     Read from the kernel's table, so the clients need not read anything: reading
-    would drain the data that keeps a closing socket open.
+    would drain the data that keeps a closing socket open. A socket closed with
+    data its peer never read stays (FIN_WAIT1, still sending) unless it is reset.
     """
-    established = 0
+    held = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             local, state = line.split()[1], line.split()[3]
-            if int(local.rsplit(":", 1)[1], 16) == port and state == "01":
-                established += 1
-    return established
+            if int(local.rsplit(":", 1)[1], 16) == port and state not in (LISTEN, TIME_WAIT, CLOSE):
+                held += 1
+    return held
 
 
 def response_of(sock: socket.socket, timeout: float = 10) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import resource
 import socket
 import time
@@ -115,3 +117,120 @@ def test_slowloris_connections_are_cut_off_at_the_load_balancer(gateway, tmp_pat
         assert rss_kb(hub.pid) - before < 5_000, "the gateway held nothing for them"
     finally:
         nginx.close()
+
+
+# -- the replay path and the token verifier, fuzzed --------------------------------------------
+
+ID_PART = st.one_of(st.integers(0, 2**64 - 1), st.integers(2**64, 10**30)).map(str)
+CURSORS = st.one_of(
+    st.tuples(ID_PART, ID_PART).map("-".join),
+    st.lists(st.text("0123456789abcdefghijklmnopqrstuvwxyz-", max_size=16), min_size=1, max_size=5).map(".".join),
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40),
+)
+
+
+def _signing_keys() -> list[tuple[str, object]]:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    other_rsa = rsa.generate_private_key(65537, 2048)
+    return [
+        ("HS256", "k" * 32), ("HS384", "h" * 48), ("HS512", "x" * 64),
+        ("RS256", HUB_RSA_KEY), ("RS256", other_rsa), ("PS256", HUB_RSA_KEY), ("RS512", other_rsa),
+        ("ES256", ec.generate_private_key(ec.SECP256R1())), ("ES384", ec.generate_private_key(ec.SECP384R1())),
+        ("EdDSA", ed25519.Ed25519PrivateKey.generate()),
+    ]
+
+
+def _rsa_key() -> object:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(65537, 2048)
+
+
+HUB_RSA_KEY = _rsa_key()
+CLAIM_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), ANY_TEXT,
+    st.lists(st.integers(), max_size=2), st.dictionaries(ANY_TEXT, st.integers(), max_size=2),
+)
+CLAIMS = st.fixed_dictionaries(
+    {"mercure": st.one_of(
+        st.fixed_dictionaries({"subscribe": st.one_of(st.just(["*"]), CLAIM_VALUES),
+                               "publish": st.one_of(st.just(["*"]), CLAIM_VALUES)}),
+        CLAIM_VALUES)},
+    optional={"exp": CLAIM_VALUES, "nbf": CLAIM_VALUES, "iat": CLAIM_VALUES, "aud": CLAIM_VALUES},
+)
+
+
+def _token(draw_claims: dict, algorithm: str, key: object, mangle: str) -> str:
+    import jwt
+
+    try:
+        token = jwt.encode(draw_claims, key, algorithm=algorithm)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # claims PyJWT itself cannot encode (NaN, huge ints)
+        token = jwt.encode({"mercure": {"subscribe": ["*"]}}, key, algorithm=algorithm)  # type: ignore[arg-type]
+    if mangle == "none":
+        header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT"}).encode()).rstrip(b"=").decode()
+        return header + "." + token.split(".")[1] + "."
+    if mangle == "truncate":
+        return token[: len(token) // 2]
+    if mangle == "swap-alg":
+        header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256"}).encode()).rstrip(b"=").decode()
+        return header + "." + ".".join(token.split(".")[1:])
+    return token
+
+
+def test_fuzzed_cursors_and_tokens_of_every_kind_never_give_a_server_error(gateway, tmp_path: Path) -> None:
+    """Cursors on the replay path (query and header), and tokens of every algorithm and key type."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = HUB_RSA_KEY.public_key().public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "hub.pem").write_bytes(pem)
+    hubs = [
+        gateway({"HUB_JWT_KEY": str(tmp_path / "hub.pem"), "HUB_JWT_ALGORITHMS": "RS256,PS256,ES256,HS256,EdDSA",
+                 "HUB_PRIVATE_TOPICS": "user/*"}),
+        gateway({"HUB_JWT_KEY": "k" * 32, "HUB_JWT_ALGORITHMS": "HS256,HS384,RS256",
+                 "HUB_PRIVATE_TOPICS": "user/*", "HUB_PUBLISH_TOKEN": TOKEN}),
+    ]
+    signers = _signing_keys()
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        cursor=CURSORS,
+        topics=st.lists(st.sampled_from(["news", "user/42", "user/43", "a"]), min_size=1, max_size=3),
+        claims=CLAIMS,
+        signer=st.sampled_from(range(len(signers))),
+        mangle=st.sampled_from(["", "", "none", "truncate", "swap-alg"]),
+        where=st.sampled_from(["header", "cookie", "query"]),
+        cursor_in_header=st.booleans(),
+    )
+    def one_request(cursor: str, topics: list[str], claims: dict, signer: int, mangle: str,
+                    where: str, cursor_in_header: bool) -> None:
+        algorithm, key = signers[signer]
+        token = _token(claims, algorithm, key, mangle)
+        params = [("topic", topic) for topic in topics]
+        headers, cookies = {}, {}
+        if cursor_in_header and cursor.isascii() and cursor.isprintable():
+            headers["Last-Event-ID"] = cursor
+        else:
+            params.append(("last_event_id", cursor))
+        if where == "header":
+            headers["Authorization"] = f"Bearer {token}"
+        elif where == "cookie":
+            cookies["mercureAuthorization"] = token
+        else:
+            params.append(("authorization", token))
+        for hub in hubs:
+            with httpx.Client(base_url=hub.url, timeout=10, cookies=cookies) as http:
+                with http.stream("GET", "/events", params=params, headers=headers) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        no_server_error(response)
+                published = http.post("/publish", json={"topic": topics[0], "data": "x"},
+                                      headers={"Authorization": f"Bearer {token}"})
+                no_server_error(published)
+
+    one_request()
+    for hub in hubs:
+        assert hub.returncode is None, "the gateway is still running"
+        assert "Traceback" not in hub.log_text(), hub.log_text()[-3000:]

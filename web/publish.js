@@ -17,8 +17,8 @@ function sleep(ms) {
 
 function explain(status, reason) {
   const hints = {
-    401: "the hub wants a token: type the publish token",
-    403: "the token is wrong",
+    401: "type the hub's publish token, or a JWT that may publish",
+    403: "this token may not publish on that topic",
     404: "publishing is off on this hub (it has no publish token configured)",
   };
   const hint = hints[status] ? ` (${hints[status]})` : "";
