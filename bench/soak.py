@@ -17,7 +17,7 @@ HUB_MAX_STREAMS_PER_CLIENT=0 (every client comes from 127.0.0.1):
 Targets, each printed PASS or FAIL (the exit status is 0 either way, it is a benchmark):
 the good clients lose nothing and get nothing twice; their p99 latency under attack is at
 most twice the baseline's; the gateway's peak resident memory stays under a bound of what
-a gateway doing its job needs (623 MiB for a full run: see RSS_IDLE_MIB below).
+a gateway doing its job needs (279 MiB for a full run: see RSS_IDLE_MIB below).
 
 The Markdown table goes to stdout and to <out>/SOAK.md, every figure to <out>/results.json,
 the gateway's and the hostile clients' logs to <out>/logs/ (<out> is bench/out/soak).
@@ -55,6 +55,8 @@ from scenarios import Scenario  # noqa: E402
 from systems import Endpoint, RedisServer, RunContext, hub  # noqa: E402
 
 from hub.config import Settings  # noqa: E402
+from hub.gateway import REPLAY_PAGE_BYTES  # noqa: E402
+from hub.stream import REPLAY_WINDOW  # noqa: E402
 from publisher.client import AsyncPublisher  # noqa: E402
 
 Row = dict[str, Any]
@@ -68,12 +70,13 @@ P99_RATIO_TARGET = 2.0
 
 # The memory bound: what a gateway doing its job needs for this load. It runs in about
 # 52 MiB with no client (64 allowed); each connection costs at most the 20 KB of the idle
-# target (bench/RESULTS.md); and a client that reads nothing may cost at most what the
-# gateway is configured to let one client fall behind by (HUB_CLIENT_BUFFER_BYTES, 1 MiB)
-# before it is dropped. A full run: 64 + 3,000 × 20 KiB + 500 × 1 MiB = 623 MiB.
+# target (bench/RESULTS.md); and a resuming client that reads nothing pins at most one
+# history page (REPLAY_PAGE_BYTES) and one replay window handed to its socket
+# (REPLAY_WINDOW) until it is dropped. A full run: 64 + 3,000 × 20 KiB + 500 × 0.31 MiB
+# = 279 MiB.
 RSS_IDLE_MIB = 64.0
 RSS_PER_CONNECTION_KIB = 20.0
-RSS_PER_NEVER_READING_MIB = 1.0
+RSS_PER_NEVER_READING_MIB = (REPLAY_PAGE_BYTES + REPLAY_WINDOW) / 1024 / 1024
 
 
 @dataclass(frozen=True)
@@ -387,8 +390,8 @@ def markdown(meta: dict[str, Any], plan: Plan, rows: list[Row],
     lines += [f"| {v.target} | {v.figure} | {_met(v.met)} |" for v in verdicts]
     lines += ["", f"RSS bound: {RSS_IDLE_MIB:g} MiB for the gateway itself + "
               f"{plan.clients + plan.hostile:,} connections × {RSS_PER_CONNECTION_KIB:g} KiB + "
-              f"{plan.per_kind:,} never-reading clients × {RSS_PER_NEVER_READING_MIB:g} MiB "
-              f"(HUB_CLIENT_BUFFER_BYTES) = {plan.rss_bound_mib():.0f} MiB."]
+              f"{plan.per_kind:,} never-reading clients × {RSS_PER_NEVER_READING_MIB:.2f} MiB "
+              f"(a history page and a replay window) = {plan.rss_bound_mib():.0f} MiB."]
     if "hostile_figures" in attacked:
         lines += ["", "The hostile clients, as they saw the gateway (attacked phase):", ""]
         lines += hostile_table(attacked)
