@@ -56,7 +56,7 @@ from systems import Endpoint, RedisServer, RunContext, hub  # noqa: E402
 
 from hub.config import Settings  # noqa: E402
 from hub.gateway import REPLAY_PAGE_BYTES  # noqa: E402
-from hub.stream import REPLAY_WINDOW  # noqa: E402
+from hub.client_connection import REPLAY_WINDOW  # noqa: E402
 from publisher.client import AsyncPublisher  # noqa: E402
 
 Row = dict[str, Any]

@@ -31,7 +31,7 @@ from hub.fanout import Unavailable
 from hub.gateway import TRUNCATED_HEADER, Gateway
 from hub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hub.publish_request import BadRequest, read_publish_request
-from hub.stream import Ending
+from hub.client_connection import Ending
 from hub.topics import InvalidTopic, check_topic
 from publisher.client import AsyncPublisher
 

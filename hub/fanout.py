@@ -26,7 +26,7 @@ from hub.events import ORIGIN, Event, StreamId, format_id
 from hub.history import History, Page
 from hub.primaries import Primaries
 from hub.sse import Framed
-from hub.stream import ClientStream
+from hub.client_connection import ClientConnection
 from hub.subscription import Subscription
 from hub.topics import Keys
 
@@ -81,9 +81,9 @@ class Topic:
     name: str
     position: StreamId | None = None
     backlog: list[Event] | None = field(default_factory=list)
-    simple: set[ClientStream] = field(default_factory=set)
-    composite: dict[ClientStream, int] = field(default_factory=dict)
-    joining: dict[ClientStream, Joiner] = field(default_factory=dict)
+    simple: set[ClientConnection] = field(default_factory=set)
+    composite: dict[ClientConnection, int] = field(default_factory=dict)
+    joining: dict[ClientConnection, Joiner] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     waiters: int = 0
     catching_up: asyncio.Task[None] | None = None
@@ -169,7 +169,7 @@ class Fanout:
             topic.waiters -= 1
         return topics
 
-    def attach(self, client: ClientStream, topics: list[Topic]) -> None:
+    def attach(self, client: ClientConnection, topics: list[Topic]) -> None:
         """Make `client` a live member of every topic, starting from now."""
         for index, topic in enumerate(topics):
             assert topic.position is not None
@@ -177,7 +177,7 @@ class Fanout:
             self._enlist(client, topic, index)
 
     async def begin_resume(
-        self, client: ClientStream, topics: list[Topic], after: list[StreamId]
+        self, client: ClientConnection, topics: list[Topic], after: list[StreamId]
     ) -> list[Resume]:
         """Register `client` with each topic, then read the first page of what it missed."""
         for topic in topics:
@@ -198,7 +198,7 @@ class Fanout:
             resumes.append(Resume(topic, index, cursor, page, truncated))
         return resumes
 
-    async def finish_resume(self, client: ClientStream, resume: Resume) -> None:
+    async def finish_resume(self, client: ClientConnection, resume: Resume) -> None:
         """Send what `client` missed of one topic, paced by its socket, then go live."""
         topic, after, page = resume.topic, resume.after, resume.first_page
         composite = len(client.topics) > 1
@@ -246,7 +246,7 @@ class Fanout:
                 topic.name, after, not_before=joiner.ticket if fresh else 0
             )
 
-    def detach(self, client: ClientStream) -> None:
+    def detach(self, client: ClientConnection) -> None:
         """Forget `client` everywhere; a topic left with no client is unsubscribed."""
         for name in client.topics:
             topic = self._topics.get(name)
@@ -257,13 +257,13 @@ class Fanout:
             topic.joining.pop(client, None)
             self._release_if_idle(topic)
 
-    def _enlist(self, client: ClientStream, topic: Topic, index: int) -> None:
+    def _enlist(self, client: ClientConnection, topic: Topic, index: int) -> None:
         if len(client.topics) == 1:
             topic.simple.add(client)
         else:
             topic.composite[client] = index
 
-    def _send(self, client: ClientStream, index: int, framed: Framed) -> None:
+    def _send(self, client: ClientConnection, index: int, framed: Framed) -> None:
         if not framed.frame:
             client.positions[index] = framed.event.id
         elif len(client.topics) == 1:

@@ -23,7 +23,7 @@ from hub.fanout import Fanout, Resume, Unavailable
 from hub.history import History
 from hub.metrics import Metrics
 from hub.primaries import Primaries
-from hub.stream import ClientStream, Ending, Flusher
+from hub.client_connection import ClientConnection, Ending, Flusher
 from hub.topics import Keys
 
 log = logging.getLogger("hub.gateway")
@@ -39,7 +39,7 @@ REPLAY_PAGE_BYTES = 262_144
 class Opened:
     """A stream that is registered everywhere and ready to start its response."""
 
-    client: ClientStream
+    client: ClientConnection
     resumes: list[Resume]
 
     @property
@@ -71,7 +71,7 @@ class Gateway:
             self.metrics.observe_delivery,
         )
         self.metrics.watch(self)
-        self.streams: set[ClientStream] = set()
+        self.streams: set[ClientConnection] = set()
         self._bytes_sent_by_ended = 0
         self._flusher = Flusher()
         self.slow_disconnects = 0
@@ -110,7 +110,7 @@ class Gateway:
 
     async def open(self, topics: tuple[str, ...], after: list[StreamId] | None) -> Opened:
         """Register a stream with its topics; raise `Unavailable` if Redis is not there."""
-        client = ClientStream(
+        client = ClientConnection(
             topics,
             [(0, 0)] * len(topics),
             self.settings.client_buffer_bytes,
@@ -141,7 +141,7 @@ class Gateway:
         finally:
             replay.cancel()
 
-    async def _replay(self, client: ClientStream, resumes: list[Resume]) -> None:
+    async def _replay(self, client: ClientConnection, resumes: list[Resume]) -> None:
         try:
             for resume in resumes:
                 await self.fanout.finish_resume(client, resume)
@@ -152,7 +152,7 @@ class Gateway:
     def bytes_sent(self) -> int:
         return self._bytes_sent_by_ended + sum(client.bytes_sent for client in self.streams)
 
-    def _ended(self, client: ClientStream, ending: Ending) -> None:
+    def _ended(self, client: ClientConnection, ending: Ending) -> None:
         self.streams.discard(client)
         self._bytes_sent_by_ended += client.bytes_sent
         self.fanout.detach(client)

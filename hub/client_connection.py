@@ -28,7 +28,7 @@ from starlette.types import Receive, Send
 from hub import cursor
 from hub.events import StreamId
 
-log = logging.getLogger("hub.stream")
+log = logging.getLogger("hub.client_connection")
 
 REPLAY_WINDOW = 65_536
 """Bytes of history handed to a client's socket per write: large enough for few writes."""
@@ -49,11 +49,11 @@ class Flusher:
     """
 
     def __init__(self) -> None:
-        self._dirty: list[ClientStream] = []
+        self._dirty: list[ClientConnection] = []
         self._scheduled = False
-        self.stalled: set[ClientStream] = set()
+        self.stalled: set[ClientConnection] = set()
 
-    def mark(self, client: ClientStream) -> None:
+    def mark(self, client: ClientConnection) -> None:
         self._dirty.append(client)
         if not self._scheduled:
             self._scheduled = True
@@ -78,7 +78,7 @@ class Flusher:
         return len(stuck)
 
 
-class ClientStream:
+class ClientConnection:
     __slots__ = (
         "topics",
         "positions",
@@ -103,7 +103,7 @@ class ClientStream:
         positions: list[StreamId],
         limit: int,
         flusher: Flusher,
-        on_end: Callable[[ClientStream, Ending], None],
+        on_end: Callable[[ClientConnection, Ending], None],
     ) -> None:
         self.topics = topics
         self.positions = positions
