@@ -42,7 +42,8 @@ from report import command_line, load_average, machine  # noqa: E402
 
 from hub.config import Settings  # noqa: E402
 from hub.topics import Keys  # noqa: E402
-from publisher.client import PUBLISH_SCRIPT, AsyncPublisher  # noqa: E402
+from hub.publish import PUBLISH_SCRIPT  # noqa: E402
+from publisher.client import AsyncPublisher  # noqa: E402
 
 PREFIX = "scaling:"
 TOPICS = 3000

@@ -33,7 +33,8 @@ from hub.config import Settings
 from hub.topics import Keys
 from native import BenchError
 from procstat import tree
-from publisher.client import PUBLISH_SCRIPT, Publisher
+from hub.publish import PUBLISH_SCRIPT
+from publisher.client import Publisher
 
 HERE = Path(__file__).resolve().parent
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")

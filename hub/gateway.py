@@ -35,6 +35,26 @@ REPLAY_PAGE_BYTES = 262_144
 """Most entry bytes in one history page: a resuming client that stops reading pins one."""
 
 
+@dataclass(frozen=True)
+class Figures:
+    """What a gateway reports about itself (`/metrics` shows them)."""
+
+    connected_clients: int
+    topics: int
+    redis_subscribed: bool
+    redis_primaries: int
+    events_received: int
+    events_sent: int
+    events_replayed: int
+    bytes_sent: int
+    gaps_filled: int
+    history_reads: int
+    slow_client_disconnects: int
+    redis_reconnects: int
+    redis_topic_moves: int
+    malformed_entries_skipped: int
+
+
 @dataclass
 class Opened:
     """A stream that is registered everywhere and ready to start its response."""
@@ -70,7 +90,7 @@ class Gateway:
             settings.redis_timeout_seconds,
             self.metrics.observe_delivery,
         )
-        self.metrics.watch(self)
+        self.metrics.watch(self.figures)
         self.streams: set[ClientConnection] = set()
         self._bytes_sent_by_ended = 0
         self._flusher = Flusher()
@@ -149,8 +169,26 @@ class Gateway:
             log.warning("replay failed, ending the stream so the client resumes: %s", exc)
             client.end(Ending.SHUTDOWN)
 
-    def bytes_sent(self) -> int:
-        return self._bytes_sent_by_ended + sum(client.bytes_sent for client in self.streams)
+    def figures(self) -> Figures:
+        counters, subscription = self.fanout.counters, self.fanout.subscription
+        return Figures(
+            connected_clients=len(self.streams),
+            topics=len(self.fanout.topic_names()),
+            redis_subscribed=subscription.connected,
+            redis_primaries=subscription.primaries,
+            events_received=counters.events_received,
+            events_sent=counters.deliveries,
+            events_replayed=counters.events_replayed,
+            bytes_sent=self._bytes_sent_by_ended
+            + sum(client.bytes_sent for client in self.streams),
+            gaps_filled=counters.gaps_filled,
+            history_reads=self.history.reads_done,
+            slow_client_disconnects=self.slow_disconnects,
+            redis_reconnects=subscription.reconnects,
+            redis_topic_moves=subscription.moves,
+            malformed_entries_skipped=counters.malformed_skipped
+            + self.history.malformed_skipped,
+        )
 
     def _ended(self, client: ClientConnection, ending: Ending) -> None:
         self.streams.discard(client)

@@ -9,7 +9,7 @@ per client.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from hub.events import Event
 
 if TYPE_CHECKING:
-    from hub.gateway import Gateway
+    from hub.gateway import Figures
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -38,51 +38,59 @@ class Metrics:
     def observe_delivery(self, event: Event) -> None:
         self._delay.observe(max(0.0, time.time() - event.id[0] / 1000))
 
-    def watch(self, gateway: Gateway) -> None:
-        self.registry.register(_GatewayCollector(gateway))
+    def watch(self, figures: Callable[[], Figures]) -> None:
+        self.registry.register(_GatewayCollector(figures))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
+GAUGES = {
+    "connected_clients": ("hub_connected_clients", "Open SSE streams."),
+    "topics": ("hub_topics", "Topics this gateway is subscribed to."),
+    "redis_subscribed": ("hub_redis_subscribed", "1 while the Redis subscription is up."),
+    "redis_primaries": (
+        "hub_redis_primaries",
+        "Redis primaries this gateway's subscription is connected to.",
+    ),
+}
+COUNTERS = {
+    "events_received": ("hub_events_received", "Events received from Redis pub/sub."),
+    "events_sent": ("hub_events_sent", "Live event frames handed to clients."),
+    "events_replayed": ("hub_events_replayed", "Event frames replayed from history."),
+    "bytes_sent": ("hub_bytes_sent", "Bytes written to clients."),
+    "gaps_filled": (
+        "hub_gaps_filled",
+        "Times a topic's live feed had a gap and was filled from its stream.",
+    ),
+    "history_reads": ("hub_history_reads", "Reads of stream history (shared between clients)."),
+    "slow_client_disconnects": (
+        "hub_slow_client_disconnects",
+        "Clients dropped for falling behind.",
+    ),
+    "redis_reconnects": (
+        "hub_redis_reconnects",
+        "Times a Redis subscription connection was lost and made again.",
+    ),
+    "redis_topic_moves": (
+        "hub_redis_topic_moves",
+        "Times a topic's subscription moved to another primary (failover, slot migration).",
+    ),
+    "malformed_entries_skipped": (
+        "hub_malformed_entries_skipped",
+        "Stream entries or messages the gateway could not decode, skipped (each read of one "
+        "counts).",
+    ),
+}
+
+
 class _GatewayCollector(Collector):
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, figures: Callable[[], Figures]) -> None:
+        self.figures = figures
 
     def collect(self) -> Iterator[Metric]:
-        gateway = self.gateway
-        counters = gateway.fanout.counters
-        yield GaugeMetricFamily(
-            "hub_connected_clients", "Open SSE streams.", value=len(gateway.streams)
-        )
-        yield GaugeMetricFamily(
-            "hub_topics", "Topics this gateway is subscribed to.", value=len(gateway.fanout.topic_names())
-        )
-        yield GaugeMetricFamily(
-            "hub_redis_subscribed", "1 while the Redis subscription is up.",
-            value=int(gateway.fanout.subscription.connected),
-        )
-        yield GaugeMetricFamily(
-            "hub_redis_primaries", "Redis primaries this gateway's subscription is connected to.",
-            value=gateway.fanout.subscription.primaries,
-        )
-        for name, help, value in (
-            ("hub_events_received", "Events received from Redis pub/sub.", counters.events_received),
-            ("hub_events_sent", "Live event frames handed to clients.", counters.deliveries),
-            ("hub_events_replayed", "Event frames replayed from history.", counters.events_replayed),
-            ("hub_bytes_sent", "Bytes written to clients.", gateway.bytes_sent()),
-            ("hub_gaps_filled", "Times a topic's live feed had a gap and was filled from its stream.",
-             counters.gaps_filled),
-            ("hub_history_reads", "Reads of stream history (shared between clients).",
-             gateway.history.reads_done),
-            ("hub_slow_client_disconnects", "Clients dropped for falling behind.",
-             gateway.slow_disconnects),
-            ("hub_malformed_entries_skipped", "Stream entries or messages the gateway could not "
-             "decode, skipped (each read of one counts).",
-             counters.malformed_skipped + gateway.history.malformed_skipped),
-            ("hub_redis_reconnects", "Times a Redis subscription connection was lost and made again.",
-             gateway.fanout.subscription.reconnects),
-            ("hub_redis_topic_moves", "Times a topic's subscription moved to another primary "
-             "(failover, slot migration).", gateway.fanout.subscription.moves),
-        ):
-            yield CounterMetricFamily(name, help, value=value)
+        figures = self.figures()
+        for field, (name, help) in GAUGES.items():
+            yield GaugeMetricFamily(name, help, value=int(getattr(figures, field)))
+        for field, (name, help) in COUNTERS.items():
+            yield CounterMetricFamily(name, help, value=getattr(figures, field))

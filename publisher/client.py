@@ -6,67 +6,28 @@
     async with AsyncPublisher.from_env() as hub:
         event_id = await hub.publish("news", "hello")
 
-Both run `hub/publish.lua` with EVALSHA on the primary that owns the topic
-(one server, the Sentinel-named primary, or the Cluster node of the topic's
-slot), so the ID returned is the stream entry ID that subscribers see as the
-event's `id`. With `HUB_PUBLISH_WAIT_REPLICAS`, `WAIT` follows on the same
-connection, and a publish is acknowledged only once that many replicas hold
-the event. `Publisher` runs an `AsyncPublisher` on a private event loop.
+Both run the write path of `hub/publish.py` on Redis clients of their own, so
+the ID returned is the stream entry ID that subscribers see as the event's
+`id`. `Publisher` runs an `AsyncPublisher` on a private event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 from collections.abc import Coroutine
-from importlib.resources import files
 from types import TracebackType
 from typing import Any, TypeVar
 
-from redis.exceptions import NoScriptError, RedisError
-
 from hub import topology
 from hub.config import Settings
-from hub.events import BINARY_MEDIA_TYPE, binary_data, check_data, check_event_type
-from hub.primaries import Command, Primaries
-from hub.topics import Keys, check_topic
-from hub.topology import Node
+from hub.events import BINARY_MEDIA_TYPE, binary_data
+from hub.primaries import Primaries
+from hub.publish import EventWriter
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
-PUBLISH_SCRIPT = files("hub").joinpath("publish.lua").read_text()
-PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
 CONNECTIONS_PER_PRIMARY = 64
 T = TypeVar("T")
-
-
-class NotReplicated(RedisError):
-    """The event was written, but fewer replicas than asked for hold it yet."""
-
-    def __init__(self, event_id: str, replicas: int, wanted: int, waited_ms: int) -> None:
-        super().__init__(
-            f"event {event_id} reached {replicas} of {wanted} replicas in {waited_ms} ms;"
-            " it is not acknowledged and may be lost if its primary fails"
-        )
-        self.event_id = event_id
-
-
-def script_call(
-    settings: Settings, topic: str, data: str, event_type: str, announce: str = "PUBLISH"
-) -> tuple[str, list[str | int]]:
-    """Check one event; the publish script's key and arguments for it (see hub/publish.lua)."""
-    check_topic(topic)
-    check_event_type(event_type)
-    check_data(data, settings.max_event_bytes)
-    keys = Keys(settings.key_prefix)
-    return keys.stream(topic), [
-        data,
-        event_type,
-        settings.retention_maxlen,
-        settings.retention_seconds * 1000,
-        keys.channel(topic),
-        announce,
-    ]
 
 
 class AsyncPublisher:
@@ -79,11 +40,7 @@ class AsyncPublisher:
             CONNECTIONS_PER_PRIMARY,
             settings.redis_timeout_seconds,
         )
-        self._announce = "SPUBLISH" if self._primaries.topology.sharded else "PUBLISH"
-        # Primaries the script is known to be loaded on. It is loaded before the first
-        # EVALSHA, not on NOSCRIPT: the embedded development server (fakeredis) answers
-        # an unknown SHA with an error redis-py does not recognise.
-        self._loaded: set[str] = set()
+        self._writer = EventWriter(settings, self._primaries)
 
     @classmethod
     def from_env(cls) -> AsyncPublisher:
@@ -91,32 +48,7 @@ class AsyncPublisher:
 
     async def publish(self, topic: str, data: str, event_type: str = "") -> str:
         """Append and announce one event; return its ID."""
-        key, args = script_call(self.settings, topic, data, event_type, self._announce)
-        wait = self.settings.publish_wait_replicas
-
-        used: list[Node] = []
-
-        def commands(node: Node) -> list[Command]:
-            used.append(node)
-            batch: list[Command] = [("EVALSHA", PUBLISH_SHA, 1, key, *args)]
-            if node.name not in self._loaded:
-                batch.insert(0, ("SCRIPT", "LOAD", PUBLISH_SCRIPT))
-            if wait:
-                batch.append(("WAIT", wait, self.settings.publish_wait_ms))
-            return batch
-
-        try:
-            results = await self._primaries.run(key, commands, idempotent=False)
-        except NoScriptError:  # a restarted or promoted primary lost its script cache
-            self._loaded.clear()
-            results = await self._primaries.run(key, commands, idempotent=False)
-        self._loaded.add(used[-1].name)
-        if wait:
-            *results, replicas = results
-        event_id = _text(results[-1])  # after SCRIPT LOAD's answer, if it was sent
-        if wait and int(replicas) < wait:
-            raise NotReplicated(event_id, int(replicas), wait, self.settings.publish_wait_ms)
-        return event_id
+        return await self._writer.publish(topic, data, event_type)
 
     async def publish_bytes(
         self, topic: str, payload: bytes, media_type: str = BINARY_MEDIA_TYPE, name: str = ""
@@ -190,7 +122,3 @@ class Publisher:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -135,7 +135,7 @@ async def test_resume_far_back_in_a_long_history(gateway, redis_url, key_prefix)
     async with publisher(redis_url, key_prefix, retention_maxlen=100_000) as pub:
         ids = [await pub.publish("deep", "0")]
         # The bulk is written with the same script and arguments through a pipeline, for speed.
-        from publisher.client import PUBLISH_SCRIPT, script_call
+        from hub.publish import PUBLISH_SCRIPT, script_call
 
         script = client.register_script(PUBLISH_SCRIPT)
         settings = Settings(key_prefix=key_prefix, retention_maxlen=100_000)

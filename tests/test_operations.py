@@ -43,3 +43,12 @@ async def test_json_logs_are_one_object_per_line(gateway) -> None:
     events = {record.get("event") for record in records}
     assert {"start", "stop", "redis_up"} <= events
     assert all({"time", "level", "logger", "message"} <= record.keys() for record in records)
+
+
+def test_every_figure_a_gateway_reports_is_a_metric() -> None:
+    from dataclasses import fields
+
+    from hub.gateway import Figures
+    from hub.metrics import COUNTERS, GAUGES
+
+    assert {figure.name for figure in fields(Figures)} == set(GAUGES) | set(COUNTERS)

@@ -10,7 +10,7 @@ from hub.config import Settings
 from hub.events import Event, InvalidEvent, binary_data, decode_binary
 from hub.topics import InvalidTopic, Keys
 from publisher import Publisher
-from publisher.client import PUBLISH_SCRIPT, script_call
+from hub.publish import PUBLISH_SCRIPT, script_call
 
 
 SETTINGS = Settings(key_prefix="unit:", retention_maxlen=0)

@@ -1,0 +1,122 @@
+"""`GET /events`: a client's SSE stream, from its request to its end.
+
+The request names its topics and, to resume, a cursor (`Last-Event-ID`, or
+`last_event_id` for a first connection); a token when a topic is private.
+The gateway registers the stream before the response starts, so nothing
+published meanwhile is lost, then writes it until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from hub import cursor, sse
+from hub.auth import Authority, Forbidden, Unauthorized
+from hub.client_connection import Ending
+from hub.fanout import Unavailable
+from hub.gateway import TRUNCATED_HEADER, Gateway
+from hub.publish_request import BadRequest
+from hub.request_limits import ClientSlots, OverLimit, reply
+from hub.topics import InvalidTopic, check_topic
+
+UNAVAILABLE_HEADER = "Hub-Unavailable"
+STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def parse_stream_request(
+    query: QueryParams, headers: Headers, max_topics: int
+) -> tuple[tuple[str, ...], list[tuple[int, int]] | None]:
+    """Topics and resume positions of a `GET /events`, or `BadRequest` saying why."""
+    raw_topics = query.getlist("topic")
+    if not raw_topics:
+        raise BadRequest("name at least one topic: /events?topic=NAME")
+    try:
+        topics = cursor.canonical_topics(check_topic(topic) for topic in raw_topics)
+    except InvalidTopic as exc:
+        raise BadRequest(str(exc)) from None
+    if len(topics) > max_topics:
+        raise BadRequest(f"{len(topics)} topics is over the limit of {max_topics} per connection")
+    # The header wins: it is what the browser sends when it reconnects by itself.
+    last_id = headers.get("last-event-id") or query.get("last_event_id") or ""
+    if not last_id:
+        return topics, None
+    try:
+        return topics, cursor.decode(last_id.strip(), len(topics))
+    except cursor.InvalidCursor as exc:
+        raise BadRequest(str(exc)) from None
+
+
+class EventsEndpoint:
+    """`GET /events`: a raw ASGI app, because a stream outlives any Response object."""
+
+    def __init__(self, gateway: Gateway, authority: Authority, slots: ClientSlots) -> None:
+        self.gateway = gateway
+        self.authority = authority
+        self.slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope)
+        if request.method not in ("GET", "HEAD"):
+            await reply(scope, receive, send, "use GET for /events", 405)
+            return
+        try:
+            with self.slots.hold(scope):
+                await self._stream(request, scope, receive, send)
+        except OverLimit as exc:
+            await reply(scope, receive, send, str(exc), 429)
+
+    async def _stream(self, request: Request, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            topics, after = parse_stream_request(
+                request.query_params, request.headers, self.gateway.settings.max_topics
+            )
+            token = self.authority.token_of(request.headers, request.cookies, request.query_params)
+            grant = self.authority.check_subscribe(topics, token)
+            if request.method == "HEAD":
+                await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            opened = await self.gateway.open(topics, after)
+        except BadRequest as exc:
+            await reply(scope, receive, send, exc.reason, exc.status)
+            return
+        except Unauthorized as exc:
+            await reply(scope, receive, send, str(exc), 401)
+            return
+        except Forbidden as exc:
+            await reply(scope, receive, send, str(exc), 403)
+            return
+        except Unavailable as exc:
+            # A browser never retries an EventSource answered with an error status;
+            # an empty stream with a `retry:` hint makes it come back by itself.
+            headers = [*STREAM_HEADERS, (UNAVAILABLE_HEADER.lower().encode(), b"redis")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            body = sse.comment(f"redis unavailable: {exc}") + sse.retry(self.gateway.retry_hint())
+            await send({"type": "http.response.body", "body": body})
+            return
+        headers = list(STREAM_HEADERS)
+        if opened.truncated:
+            headers.append((TRUNCATED_HEADER.lower().encode(), ",".join(opened.truncated).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        expiry = None
+        if grant is not None and grant.expires is not None:
+            # The stream ends when its token does; a reconnect with it is refused.
+            expiry = asyncio.get_running_loop().call_later(
+                max(0.0, grant.expires - time.time()), opened.client.end, Ending.EXPIRED
+            )
+        try:
+            await self.gateway.serve(opened, send, receive)
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+
+
