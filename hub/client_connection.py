@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from starlette.types import Receive, Send
 
 from hub import cursor
 from hub.events import StreamId
+from hub.server import run_eagerly
 
 log = logging.getLogger("hub.client_connection")
 
@@ -187,7 +187,7 @@ class ClientConnection:
         self._chunks.clear()
         self._pending = 0
         self.bytes_sent += len(body)
-        rest = _run_eagerly(
+        rest = run_eagerly(
             self._send({"type": "http.response.body", "body": body, "more_body": True})
         )
         if rest is None:
@@ -249,39 +249,3 @@ class ClientConnection:
         while (await receive())["type"] != "http.disconnect":
             pass
         self.end(Ending.DISCONNECTED)
-
-
-def _run_eagerly(step: Awaitable[None]) -> Awaitable[None] | None:
-    """Run `step` now, up to where it first waits; None if it finished, else the rest of it."""
-    if not isinstance(step, Coroutine):
-        return step
-    try:
-        waiting_on = step.send(None)
-    except StopIteration:
-        return None
-    return _resume(step, waiting_on)
-
-
-async def _resume(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    """Go on running a coroutine that `_start` left waiting, as a task would.
-
-    (Python 3.12's eager tasks do the same; this runs on 3.11 too.)
-    """
-    try:
-        while True:
-            try:
-                if waiting_on is None:  # a bare yield: it only asked to let others run
-                    await asyncio.sleep(0)
-                else:
-                    await waiting_on
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                waiting_on = coroutine.throw(exc)
-                continue
-            waiting_on = coroutine.send(None)
-    except StopIteration:
-        return
-    finally:
-        coroutine.close()
-

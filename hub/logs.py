@@ -8,8 +8,7 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 from hub.config import Settings
-
-UNFINISHED_RESPONSE = "ASGI callable returned without completing response."
+from hub.server import UNFINISHED_RESPONSE
 
 
 class _DroppedStreamFilter(logging.Filter):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import uvicorn
 import uvloop
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hub import logs, topology
+from hub import server as server_glue
 from hub.app import create_app
 from hub.auth import Authority
 from hub.config import ConfigError, Settings
@@ -66,7 +66,7 @@ async def serve(settings: Settings, worker: bool = False) -> None:
             create_app(gateway),
             host=settings.host,
             port=settings.port,
-            http=guarded(HttpToolsProtocol, limits),
+            http=guarded(server_glue.HTTP_PROTOCOL, limits),
             # uvicorn believes X-Forwarded-For from loopback unless told otherwise.
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=list(settings.trusted_proxies),
@@ -101,8 +101,7 @@ async def _watch(server: uvicorn.Server, gateway: Gateway, development: bool) ->
     never finishes by itself, so the gateway ends its streams on the server's
     exit flag (the server's own signal handling stays untouched).
     """
-    while not server.started:
-        await asyncio.sleep(0.05)
+    await server_glue.listening(server)
     settings = gateway.settings
     page = f"http://{settings.host}:{settings.port}/"
     log.info("gateway listening on %s", page, extra={"event": "start"})
@@ -114,7 +113,6 @@ async def _watch(server: uvicorn.Server, gateway: Gateway, development: bool) ->
             f"    HUB_REDIS_URL={settings.redis_url} {_publish_command()} send demo 'hello'\n",
             flush=True,
         )
-    while not server.should_exit:
-        await asyncio.sleep(0.05)
+    await server_glue.exit_requested(server)
     log.info("shutting down: ending %d streams", len(gateway.streams), extra={"event": "stop"})
     gateway.end_all()

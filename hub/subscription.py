@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio
 from redis.exceptions import MovedError, RedisError, ResponseError
 
 from hub.primaries import Primaries
+from hub.redis_wire import Wire, WireFactory
 from hub.topics import Keys
 from hub.topology import Node
 
@@ -71,8 +70,7 @@ class NodeSubscription:
         on_trouble: Callable[[Node | None], None],
         timeout: float,
     ) -> None:
-        # RESP2 keeps pub/sub messages plain replies, whatever the client's default.
-        self._pool = redis.asyncio.ConnectionPool(**node.options, protocol=2)
+        self._wires = WireFactory(node.options)
         self.node = node
         self._verbs = verbs
         self._keys = keys
@@ -80,7 +78,7 @@ class NodeSubscription:
         self._on_trouble = on_trouble
         self._timeout = timeout
         self.topics: set[str] = set()
-        self._connection: redis.asyncio.Connection | None = None
+        self._wire: Wire | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = False
         self.reconnects = 0
@@ -96,7 +94,7 @@ class NodeSubscription:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        await self._pool.disconnect()
+        await self._wires.aclose()
 
     async def subscribe(self, topic: str) -> None:
         """Want `topic`; the listener hears `on_subscribed` once Redis confirms."""
@@ -108,29 +106,28 @@ class NodeSubscription:
         await self._send([topic], self._verbs.unsubscribe)
 
     async def _send(self, topics: list[str], verb: str) -> None:
-        connection = self._connection
-        if connection is None or not self.connected or not topics:
+        wire = self._wire
+        if wire is None or not self.connected or not topics:
             return  # the reconnect loop subscribes to everything wanted
         channels = [self._keys.channel(topic) for topic in topics]
         size = self._verbs.channels_per_command or len(channels)
         commands = [(verb, *channels[i : i + size]) for i in range(0, len(channels), size)]
         try:
-            await connection.send_packed_command(connection.pack_commands(commands))
+            await wire.send(commands)
         except (RedisError, OSError) as exc:
             log.debug("sending %s failed (%s); the reconnect loop takes over", verb, exc)
 
     async def _run(self) -> None:
         delay = 0.05
         while True:
-            connection: redis.asyncio.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+            wire: Wire | None = None
             try:
-                await connection.connect()  # type: ignore[no-untyped-call]
-                self._connection = connection
+                wire = self._wire = await self._wires.connect()
                 self.connected = True
                 await self._send(list(self.topics), self._verbs.subscribe)
                 log.info("redis subscription up at %s", self.node.name, extra={"event": "redis_up"})
                 delay = 0.05
-                await self._read(connection)
+                await self._read(wire)
             except (RedisError, OSError) as exc:
                 if self.connected:
                     self.reconnects += 1
@@ -143,19 +140,18 @@ class NodeSubscription:
                 self._on_trouble(None)
             finally:
                 self.connected = False
-                self._connection = None
-                await connection.disconnect()
+                self._wire = None
+                if wire is not None:
+                    await wire.close()
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 2.0)
 
-    async def _read(self, connection: redis.asyncio.Connection) -> None:
-        watchdog = asyncio.create_task(self._watch(connection))
+    async def _read(self, wire: Wire) -> None:
+        watchdog = asyncio.create_task(self._watch(wire))
         try:
             while True:
                 try:
-                    # No deadline per read (it costs more than the parsing at high rates):
-                    # the watchdog ends a silent connection instead.
-                    reply = await connection.read_response(timeout=math.inf)
+                    reply = await wire.read()
                 except MovedError:
                     self._heard = True
                     self._on_trouble(self.node)  # a topic's slot is served elsewhere now
@@ -172,7 +168,7 @@ class NodeSubscription:
         finally:
             watchdog.cancel()
 
-    async def _watch(self, connection: redis.asyncio.Connection) -> None:
+    async def _watch(self, wire: Wire) -> None:
         """PING a connection that has been quiet; drop it if the answer does not come in time."""
         idle = min(1.0, self._timeout / 2)
         while True:
@@ -180,7 +176,7 @@ class NodeSubscription:
             await asyncio.sleep(idle)
             if self._heard:
                 continue
-            await connection.send_command("PING")
+            await wire.send([("PING",)])
             await asyncio.sleep(self._timeout)
             if not self._heard:
                 log.warning(
@@ -188,7 +184,7 @@ class NodeSubscription:
                     self.node.name,
                     self._timeout,
                 )
-                await connection.disconnect()  # the reader fails and the loop reconnects
+                await wire.close()  # the reader fails and the loop reconnects
                 return
 
     def _dispatch(self, reply: list[bytes]) -> None:
