@@ -1,9 +1,9 @@
 """A Redis-backed fan-out broadcast hub for Server-Sent Events.
 
-Follow one event: `publisher/client.py` runs `hub/publish.lua` on the Redis
-primary that `hub/topology.py` names for its topic (through `hub/primaries.py`);
-the gateway's `hub/subscription.py` hears it on that primary, `hub/fanout.py` frames it once (`hub/sse.py`)
-and hands the bytes to every client connection (`hub/client_connection.py`), which
-`hub/app.py` serves; `hub/history.py` reads what a reconnecting client missed, and
-`hub/gateway.py` holds one process together.
+Follow one event, in five files: `hub/publish.py` appends it to its topic's
+stream and announces it (`hub/publish.lua`, on the primary that owns the topic);
+`hub/subscription.py` hears the announcement in a gateway; `hub/fanout.py` frames
+it once and hands the bytes to each client's `hub/client_connection.py`, which
+writes them to the browser, whose `web/client.js` receives them. The README's
+"Reading the code" names the modules around them.
 """

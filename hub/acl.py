@@ -19,19 +19,42 @@ _CLUSTER = ["+cluster|slots", "+asking"]
 
 def gateway_rules(prefix: str) -> list[str]:
     return [
-        "resetkeys", "resetchannels", "-@all", *_CONNECT, *_CLUSTER,
-        f"%R~{prefix}stream:*", f"&{prefix}channel:*",
-        "+xrange", "+xrevrange", "+subscribe", "+unsubscribe", "+ssubscribe", "+sunsubscribe",
+        "resetkeys",
+        "resetchannels",
+        "-@all",
+        *_CONNECT,
+        *_CLUSTER,
+        f"%R~{prefix}stream:*",
+        f"&{prefix}channel:*",
+        "+xrange",
+        "+xrevrange",
+        "+subscribe",
+        "+unsubscribe",
+        "+ssubscribe",
+        "+sunsubscribe",
     ]
 
 
 def publisher_rules(prefix: str) -> list[str]:
     return [
-        "resetkeys", "resetchannels", "-@all", *_CONNECT, *_CLUSTER,
-        f"~{prefix}stream:*", f"&{prefix}channel:*",
-        "+evalsha", "+eval", "+script|load", "+wait",
+        "resetkeys",
+        "resetchannels",
+        "-@all",
+        *_CONNECT,
+        *_CLUSTER,
+        f"~{prefix}stream:*",
+        f"&{prefix}channel:*",
+        "+evalsha",
+        "+eval",
+        "+script|load",
+        "+wait",
         # What hub/publish.lua runs:
-        "+xrevrange", "+xadd", "+xtrim", "+publish", "+spublish", "+time",
+        "+xrevrange",
+        "+xadd",
+        "+xtrim",
+        "+publish",
+        "+spublish",
+        "+time",
     ]
 
 
@@ -41,7 +64,10 @@ def setuser(name: str, password: str, rules: list[str]) -> list[str]:
 
 def main() -> None:
     prefix = Settings.from_env().key_prefix
-    for name, rules in (("hub-gateway", gateway_rules(prefix)), ("hub-publisher", publisher_rules(prefix))):
+    for name, rules in (
+        ("hub-gateway", gateway_rules(prefix)),
+        ("hub-publisher", publisher_rules(prefix)),
+    ):
         print(" ".join(setuser(name, "<password>", rules)))
 
 

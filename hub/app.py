@@ -40,9 +40,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
             ", ".join(authority.unusable),
         )
     slots = ClientSlots(settings.max_streams_per_client)
-    publish = PublishEndpoint(
-        settings, authority, slots, EventWriter(settings, gateway.primaries)
-    )
+    publish = PublishEndpoint(settings, authority, slots, EventWriter(settings, gateway.primaries))
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -69,7 +67,9 @@ def create_app(gateway: Gateway) -> ASGIApp:
     cors = _cors_options(settings)
     if cors:
         app, events = CORSMiddleware(app, **cors), CORSMiddleware(events, **cors)
-    return RequestLimits(StreamsFirst(events, app), settings.max_url_bytes, settings.max_header_bytes)
+    return RequestLimits(
+        StreamsFirst(events, app), settings.max_url_bytes, settings.max_header_bytes
+    )
 
 
 def _cors_options(settings: Settings) -> dict[str, Any]:

@@ -93,9 +93,7 @@ class Authority:
                     f"one of {', '.join(self.keys)}"
                 )
             key = self.keys[algorithm]
-            claims = jwt.decode(
-                token, key, algorithms=[algorithm], options={"verify_aud": False}
-            )
+            claims = jwt.decode(token, key, algorithms=[algorithm], options={"verify_aud": False})
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired") from None
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
@@ -104,7 +102,9 @@ class Authority:
             raise Unauthorized(f"the token is not valid: {exc}") from None
         for claim in NUMERIC_CLAIMS:
             value = claims.get(claim)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
                 raise Unauthorized(f"the token is not valid: its {claim!r} claim must be a number")
         mercure = claims.get("mercure")
         if not isinstance(mercure, dict):
@@ -140,9 +140,7 @@ def _patterns(value: object) -> tuple[str, ...]:
     return ()
 
 
-def _verification_keys(
-    key: str, algorithms: Iterable[str]
-) -> tuple[dict[str, Any], list[str]]:
+def _verification_keys(key: str, algorithms: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
     """The key, prepared once for each listed algorithm it can verify; those it cannot.
 
     A secret serves the HS algorithms, an RSA public key RS and PS, an EC key

@@ -80,21 +80,21 @@ class Flusher:
 
 class ClientConnection:
     __slots__ = (
-        "topics",
-        "positions",
-        "bytes_sent",
-        "stalled_since",
-        "_limit",
-        "_flusher",
-        "_chunks",
-        "_pending",
-        "_dirty",
-        "_send",
         "_blocked",
+        "_chunks",
+        "_dirty",
         "_drained",
         "_ending",
         "_finished",
+        "_flusher",
+        "_limit",
         "_on_end",
+        "_pending",
+        "_send",
+        "bytes_sent",
+        "positions",
+        "stalled_since",
+        "topics",
     )
 
     def __init__(

@@ -80,9 +80,7 @@ class Settings:
         "A client whose socket accepts nothing for this long is disconnected and its "
         "connection aborted (it resumes from the stream when it reconnects).",
     )
-    max_topics: int = _setting(
-        "HUB_MAX_TOPICS", 32, "Topics one connection may subscribe to."
-    )
+    max_topics: int = _setting("HUB_MAX_TOPICS", 32, "Topics one connection may subscribe to.")
     cors_origins: tuple[str, ...] = _setting(
         "HUB_CORS_ORIGINS",
         (),
@@ -122,8 +120,7 @@ class Settings:
     max_streams_per_client: int = _setting(
         "HUB_MAX_STREAMS_PER_CLIENT",
         0,
-        "Open streams (and publish requests) one client address may hold at once "
-        "(0: no limit).",
+        "Open streams (and publish requests) one client address may hold at once (0: no limit).",
     )
     trusted_proxies: tuple[str, ...] = _setting(
         "HUB_TRUSTED_PROXIES",
@@ -178,7 +175,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f.metadata["env"])
-            if raw is None or raw == "" and f.type != "str":
+            if raw is None or (raw == "" and f.type != "str"):
                 continue
             values[f.name] = _parse(f.metadata["env"], str(f.type), raw)
         settings = cls(**values)
@@ -207,13 +204,18 @@ class Settings:
         for env, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{env} must be positive, got {value}")
-        if min(
-            self.retention_maxlen,
-            self.retention_seconds,
-            self.max_streams_per_client,
-            self.publish_wait_replicas,
-        ) < 0:
-            raise ConfigError("retention, stream limits and replicas to wait for cannot be negative")
+        if (
+            min(
+                self.retention_maxlen,
+                self.retention_seconds,
+                self.max_streams_per_client,
+                self.publish_wait_replicas,
+            )
+            < 0
+        ):
+            raise ConfigError(
+                "retention, stream limits and replicas to wait for cannot be negative"
+            )
         if self.private_topics and not self.jwt_key:
             raise ConfigError("HUB_PRIVATE_TOPICS needs HUB_JWT_KEY to verify subscribers' tokens")
         for proxy in self.trusted_proxies:

@@ -117,8 +117,11 @@ class GuardedProtocol(asyncio.Protocol):
             pass  # the inner protocol, seeing the same bytes, answers 400
         else:
             if self._in_headers and self._header_bytes > self._limits.max_header_bytes:
-                self._refuse(431, f"the request headers are over the limit of "
-                             f"{self._limits.max_header_bytes} bytes")
+                self._refuse(
+                    431,
+                    f"the request headers are over the limit of "
+                    f"{self._limits.max_header_bytes} bytes",
+                )
                 return
         self._inner.data_received(data)
 
@@ -197,11 +200,13 @@ class GuardedProtocol(asyncio.Protocol):
     def _on_deadline(self) -> None:
         self._deadline = None
         if self._in_headers:
-            self._refuse(408, f"the request headers did not arrive within "
-                         f"{self._limits.header_seconds:g} s")
+            self._refuse(
+                408, f"the request headers did not arrive within {self._limits.header_seconds:g} s"
+            )
         else:
-            self._refuse(408, f"the request body did not arrive within "
-                         f"{self._limits.body_seconds:g} s")
+            self._refuse(
+                408, f"the request body did not arrive within {self._limits.body_seconds:g} s"
+            )
 
     def _start_deadline(self, seconds: float) -> None:
         self._stop_deadline()

@@ -46,7 +46,9 @@ def decode(cursor: str, topic_count: int) -> list[StreamId]:
         try:
             return [parse_id(cursor)]
         except ValueError as exc:
-            raise InvalidCursor(f"bad cursor: {exc}; expected a stream ID like 1700000000000-0") from None
+            raise InvalidCursor(
+                f"bad cursor: {exc}; expected a stream ID like 1700000000000-0"
+            ) from None
     parts = cursor.split(".")
     if len(parts) != topic_count + 1:
         raise InvalidCursor(

@@ -35,9 +35,20 @@ async def embedded_redis() -> AsyncIterator[str]:
 @asynccontextmanager
 async def _redis_server(binary: str, port: int) -> AsyncIterator[str]:
     with tempfile.TemporaryDirectory(prefix="hub-redis-") as workdir:
-        process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-             "--appendonly", "no", "--dir", workdir],
+        process = await asyncio.create_subprocess_exec(
+            *[
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             # Its own session: Ctrl-C in the terminal stops the gateway, which then stops it.
@@ -49,7 +60,8 @@ async def _redis_server(binary: str, port: int) -> AsyncIterator[str]:
             yield url
         finally:
             process.terminate()
-            process.wait(timeout=10)
+            async with asyncio.timeout(10):
+                await process.wait()
 
 
 @asynccontextmanager

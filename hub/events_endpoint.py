@@ -82,7 +82,9 @@ class EventsEndpoint:
             token = self.authority.token_of(request.headers, request.cookies, request.query_params)
             grant = self.authority.check_subscribe(topics, token)
             if request.method == "HEAD":
-                await send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS}
+                )
                 await send({"type": "http.response.body", "body": b""})
                 return
             opened = await self.gateway.open(topics, after)
@@ -118,5 +120,3 @@ class EventsEndpoint:
         finally:
             if expiry is not None:
                 expiry.cancel()
-
-

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 from hub import sse
+from hub.client_connection import ClientConnection
 from hub.events import ORIGIN, Event, StreamId, format_id
 from hub.history import History, Page
 from hub.primaries import Primaries
 from hub.sse import Framed
-from hub.client_connection import ClientConnection
 from hub.subscription import Subscription
 from hub.topics import Keys
 
@@ -184,7 +184,7 @@ class Fanout:
             assert topic.position is not None
             topic.joining[client] = Joiner(topic.position, self._history.ticket())
         resumes = []
-        for index, (topic, cursor) in enumerate(zip(topics, after)):
+        for index, (topic, cursor) in enumerate(zip(topics, after, strict=True)):
             page = await self._history.page_after(topic.name, cursor)
             if page.events:
                 truncated = page.events[0].event.prev != cursor
@@ -363,7 +363,7 @@ class Fanout:
                     topic.ready.set()
                 else:
                     await self._deliver_history(topic, ticket)
-            except Exception as exc:  # noqa: BLE001 - whatever it was, the topic must go on
+            except Exception as exc:
                 log.log(
                     logging.WARNING if isinstance(exc, RedisError) else logging.ERROR,
                     "catching up topic %s failed: %s",

@@ -17,13 +17,13 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Send
 
 from hub import sse, topology
+from hub.client_connection import ClientConnection, Ending, Flusher
 from hub.config import Settings
 from hub.events import StreamId
 from hub.fanout import Fanout, Resume, Unavailable
 from hub.history import History
 from hub.metrics import Metrics
 from hub.primaries import Primaries
-from hub.client_connection import ClientConnection, Ending, Flusher
 from hub.topics import Keys
 
 log = logging.getLogger("hub.gateway")
@@ -186,8 +186,7 @@ class Gateway:
             slow_client_disconnects=self.slow_disconnects,
             redis_reconnects=subscription.reconnects,
             redis_topic_moves=subscription.moves,
-            malformed_entries_skipped=counters.malformed_skipped
-            + self.history.malformed_skipped,
+            malformed_entries_skipped=counters.malformed_skipped + self.history.malformed_skipped,
         )
 
     def _ended(self, client: ClientConnection, ending: Ending) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -67,21 +66,21 @@ class History:
 
     async def tail(self, topic: str) -> StreamId:
         """The ID of the topic's newest event, or `ORIGIN` when it has none."""
-        newest = cast(
-            Entries, await self._read(topic, lambda key: ("XREVRANGE", key, "+", "-", "COUNT", 1))
-        )
+        newest = cast(Entries, await self._read(topic, "XREVRANGE", "+", "-", "COUNT", 1))
         return parse_id(newest[0][0].decode()) if newest else ORIGIN
 
     async def contains(self, topic: str, sid: StreamId) -> bool:
         text = format_id(sid)
-        return bool(await self._read(topic, lambda key: ("XRANGE", key, text, text, "COUNT", 1)))
+        return bool(await self._read(topic, "XRANGE", text, text, "COUNT", 1))
 
     async def page_after(self, topic: str, after: StreamId, not_before: int = 0) -> Page:
         """Up to `page_size` events (and about `page_bytes`) after `after`."""
         key = (topic, after)
         read = self._reads.get(key)
-        if read is None or read.ticket <= not_before or (
-            read.result.done() and read.result.exception() is not None
+        if (
+            read is None
+            or read.ticket <= not_before
+            or (read.result.done() and read.result.exception() is not None)
         ):
             read = _Read(self.ticket())
             self._reads[key] = read
@@ -107,7 +106,7 @@ class History:
             start = f"({format_id(after)}"
             entries = cast(
                 Entries,
-                await self._read(topic, lambda key: ("XRANGE", key, start, "+", "COUNT", step)),
+                await self._read(topic, "XRANGE", start, "+", "COUNT", step),
             )
             for sid, fields in entries:
                 event = Event.from_entry(topic, sid, fields)
@@ -132,13 +131,13 @@ class History:
                 return Page(events, complete=False)
             step = min(room, step * 4)
 
-    async def _read(self, topic: str, command: Callable[[str], Command]) -> Any:
-        """One read of the topic's stream (its key is passed in), on the primary that holds it."""
+    async def _read(self, topic: str, command: str, *arguments: str | int) -> Any:
+        """One read command of the topic's stream, on the primary that holds it."""
         key = self._keys.stream(topic)
-        results = await self._primaries.run(key, lambda node: [command(key)], idempotent=True)
+        words: Command = (command, key, *arguments)
+        results = await self._primaries.run(key, lambda node: [words], idempotent=True)
         return results[0]
 
     def _forget(self, key: tuple[str, StreamId], read: _Read) -> None:
         if self._reads.get(key) is read:
             del self._reads[key]
-

@@ -2,9 +2,9 @@
 
 Gateways read history and publishers run the publish script through
 `Primaries.run`: the commands go, on one connection (pipelined when there are
-several), to the owner of the key. A `MOVED` or `READONLY` answer (a slot moved, a primary was demoted)
-means nothing ran: the topology is learnt again and the commands are sent to
-the new owner. An `ASK` during a slot migration sends them once to the
+several), to the owner of the key. A `MOVED` or `READONLY` answer (a slot
+moved, a primary was demoted) means nothing ran: the topology is learnt again
+and the commands are sent to the new owner. An `ASK` during a slot migration sends them once to the
 importing node, after `ASKING`. A refused connection (a primary that died and
 is being replaced) is retried until the deadline; a connection lost with
 commands on it is retried only for commands that are safe to run twice, and
@@ -21,7 +21,6 @@ from typing import Any
 
 import redis.asyncio
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -32,6 +31,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from hub.topology import Node, NoPrimary, Topology
 

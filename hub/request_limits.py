@@ -73,5 +73,3 @@ async def reply(scope: Scope, receive: Receive, send: Send, reason: str, status:
     if status == 401:
         response.headers["www-authenticate"] = "Bearer"
     await response(scope, receive, send)
-
-

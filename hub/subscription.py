@@ -300,9 +300,7 @@ class Subscription:
             # While a primary is lost, ask again soon: its replica may have taken over.
             settled = all(node.connected for node in self._nodes.values())
             try:
-                await asyncio.wait_for(
-                    self._trouble.wait(), REFRESH_SECONDS if settled else 0.25
-                )
+                await asyncio.wait_for(self._trouble.wait(), REFRESH_SECONDS if settled else 0.25)
             except TimeoutError:
                 pass
             self._trouble.clear()

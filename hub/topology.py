@@ -28,13 +28,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio
 from redis.asyncio.connection import parse_url
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.asyncio.sentinel import MasterNotFoundError
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from hub.config import ConfigError
-
 
 ASK_SECONDS = 1.0
 """The longest one cluster node is given to answer `CLUSTER SLOTS` before the next is asked."""
@@ -66,7 +65,7 @@ class Topology(ABC):
     def primaries(self) -> list[Node]:
         """Every primary, as last learnt."""
 
-    async def refresh(self, ask_first: Node | None = None) -> None:
+    async def refresh(self, ask_first: Node | None = None) -> None:  # noqa: B027 - optional
         """Learn the primaries again (from `ask_first`, where that matters); a `RedisError`
         when nobody answers."""
 
@@ -77,18 +76,20 @@ class Topology(ABC):
                 return node
         raise NoPrimary(f"redirected to {host}:{port}, which is no known primary")
 
-    async def watch(self, changed: Callable[[], None]) -> None:
+    async def watch(self, changed: Callable[[], None]) -> None:  # noqa: B027 - optional
         """Call `changed` whenever the topology announces a change of primaries; runs until
         cancelled. Only Sentinels announce (a Cluster's nodes tell their own clients)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional
         """Close the connections used to learn the topology."""
 
 
 class SingleServer(Topology):
     def __init__(self, url: str, timeouts: dict[str, float]) -> None:
         options = {**parse_url(url), **timeouts}
-        location = options.get("path") or f"{options.get('host', 'localhost')}:{options.get('port', 6379)}"
+        location = (
+            options.get("path") or f"{options.get('host', 'localhost')}:{options.get('port', 6379)}"
+        )
         self._node = Node(str(location), options)
 
     def owner(self, key: str) -> Node:

@@ -45,8 +45,12 @@ async def supervise(settings: Settings, announce: bool = True) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
         workers = [await _start(env) for _ in range(settings.workers)]
-        log.info("started %d gateway workers on port %d", len(workers), settings.port,
-                 extra={"event": "start"})
+        log.info(
+            "started %d gateway workers on port %d",
+            len(workers),
+            settings.port,
+            extra={"event": "start"},
+        )
         if announce and not settings.redis_url:
             print(
                 f"\n  The hub is running with {len(workers)} workers: open "
@@ -55,7 +59,9 @@ async def supervise(settings: Settings, announce: bool = True) -> None:
                 flush=True,
             )
         while not stopping.is_set():
-            exits = {asyncio.ensure_future(worker.wait()): index for index, worker in enumerate(workers)}
+            exits = {
+                asyncio.ensure_future(worker.wait()): index for index, worker in enumerate(workers)
+            }
             stop = asyncio.ensure_future(stopping.wait())
             done, _ = await asyncio.wait([*exits, stop], return_when=asyncio.FIRST_COMPLETED)
             for waiter in exits:
@@ -66,8 +72,11 @@ async def supervise(settings: Settings, announce: bool = True) -> None:
             for waiter in done:
                 if waiter in exits:
                     index = exits[waiter]
-                    log.warning("worker %d exited with %s; starting it again", index,
-                                workers[index].returncode)
+                    log.warning(
+                        "worker %d exited with %s; starting it again",
+                        index,
+                        workers[index].returncode,
+                    )
                     await asyncio.sleep(1.0)
                     workers[index] = await _start(env)
         log.info("stopping %d workers", len(workers), extra={"event": "stop"})

@@ -307,8 +307,7 @@ def _binary_event_size(size: int, media_type: str, name: str) -> int:
 def _too_large(path: str, size: int, media_type: str, name: str, limit: int) -> str:
     encoded = _binary_event_size(size, media_type, name)
     return (
-        f"{path} is {size} bytes, {encoded} bytes as an event: "
-        f"over HUB_MAX_EVENT_BYTES ({limit})"
+        f"{path} is {size} bytes, {encoded} bytes as an event: over HUB_MAX_EVENT_BYTES ({limit})"
     )
 
 

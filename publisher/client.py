@@ -36,7 +36,9 @@ class AsyncPublisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._primaries = Primaries(
-            topology.from_url(settings.redis_url or DEFAULT_REDIS_URL, settings.redis_timeout_seconds),
+            topology.from_url(
+                settings.redis_url or DEFAULT_REDIS_URL, settings.redis_timeout_seconds
+            ),
             CONNECTIONS_PER_PRIMARY,
             settings.redis_timeout_seconds,
         )
@@ -67,7 +69,10 @@ class AsyncPublisher:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.aclose()
 
@@ -119,6 +124,9 @@ class Publisher:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()

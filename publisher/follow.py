@@ -161,9 +161,7 @@ class FileFollower:
 
     def _check_length(self, raw: bytes) -> None:
         if len(raw.removesuffix(b"\r")) > self.max_line_bytes:
-            raise LineTooLong(
-                f"a line of {self.path} is longer than {self.max_line_bytes} bytes"
-            )
+            raise LineTooLong(f"a line of {self.path} is longer than {self.max_line_bytes} bytes")
 
 
 def _decode(raw: bytes) -> str:
