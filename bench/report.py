@@ -272,7 +272,7 @@ METHOD = [
     "1, 2, 3… (a gap counts as lost, a repeat as a duplicate; events still missing when the drain time "
     "runs out also count as lost) and records publish-to-receive latency in a histogram (1.6% buckets).",
     "- **Publisher** (`bench/publisher.c`): for the hub and the baseline, pipelined `EVALSHA` of the hub's "
-    "publish script (`hub/publish.lua`) on a private redis-server; for Nchan, pipelined HTTP POSTs on one "
+    "publish script (`PUBLISH_SCRIPT` in `hub/publish.py`) on a private redis-server; for Nchan, pipelined HTTP POSTs on one "
     "keep-alive connection per group of topics (Nchan answers a publish only after its fan-out, so a "
     "publisher that waited for each answer would be slowed to Nchan's pace). The time stamp is taken when "
     "the event is written, so a publisher held back by the system shows as *published* < *offered*.",

@@ -48,7 +48,7 @@ def publisher_rules(prefix: str) -> list[str]:
         "+eval",
         "+script|load",
         "+wait",
-        # What hub/publish.lua runs:
+        # What the publish script (hub/publish.py) runs:
         "+xrevrange",
         "+xadd",
         "+xtrim",
