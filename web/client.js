@@ -11,6 +11,24 @@ const REASON_CHARS = 300;
 // Delays before the page itself reconnects after a failure EventSource does not retry.
 const RETRY_DELAYS_MS = [1_000, 2_000, 5_000, 10_000];
 
+/**
+ * The `stream-reset` notice's JSON (hub/sse.py, reset_notice) as
+ * `{topic, reason, firstKept}`; what cannot be read is shown with defaults.
+ */
+export function parseResetNotice(data) {
+  let notice = {};
+  try {
+    notice = JSON.parse(data) ?? {};
+  } catch {
+    // Shown with what is known.
+  }
+  return {
+    topic: String(notice.topic ?? "?"),
+    reason: String(notice.reason ?? "history truncated"),
+    firstKept: String(notice.first_kept ?? ""),
+  };
+}
+
 export class HubClient {
   #source = null;
   #retryTimer = null;
@@ -76,7 +94,8 @@ export class HubClient {
         this.#set("reconnecting", "connection lost; the browser reconnects by itself");
       }
     });
-    for (const type of ["message", RESET_EVENT_TYPE, ...this.types]) this.#listen(source, type);
+    // A Set: a second listener for a type would hand each of its events over twice.
+    for (const type of new Set(["message", RESET_EVENT_TYPE, ...this.types])) this.#listen(source, type);
   }
 
   disconnect() {
@@ -98,7 +117,7 @@ export class HubClient {
 
   /** Also receive events of this type (EventSource hands named types only to their listeners). */
   listen(type) {
-    if (!type || this.types.has(type)) return;
+    if (!type || type === "message" || type === RESET_EVENT_TYPE || this.types.has(type)) return;
     this.types.add(type);
     if (this.#source) this.#listen(this.#source, type);
   }
@@ -151,18 +170,7 @@ export class HubClient {
   }
 
   #reset(event) {
-    let notice = {};
-    try {
-      notice = JSON.parse(event.data) ?? {};
-    } catch {
-      // Shown with what is known.
-    }
-    const warning = {
-      topic: String(notice.topic ?? "?"),
-      reason: String(notice.reason ?? "history truncated"),
-      firstKept: String(notice.first_kept ?? ""),
-      at: new Date(),
-    };
+    const warning = { ...parseResetNotice(event.data), at: new Date() };
     this.warnings.unshift(warning);
     this.warnings.length = Math.min(this.warnings.length, MAX_WARNINGS);
     if (event.lastEventId) this.lastEventId = event.lastEventId;

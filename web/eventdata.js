@@ -2,6 +2,9 @@
 // payload as an RFC 2397 data URL, or plain text.
 
 const DATA_URL = /^data:([^,;]*)((?:;[^,;=]+=[^,;]*)*);base64,([A-Za-z0-9+/=]*)$/s;
+// Whole groups of four, padding only at the end: what hub.events.decode_binary
+// (base64 with validate=True) can decode.
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 export const BINARY_MEDIA_TYPE = "application/octet-stream";
 
 function decodeParam(value) {
@@ -12,11 +15,11 @@ function decodeParam(value) {
   }
 }
 
-/** `{mediaType, name, size, url}` for a binary event's data, or null for text. */
+/** `{mediaType, name, size, url}` for a binary event's data, or null for text (and for undecodable base64). */
 export function parseDataUrl(data) {
   if (!data.startsWith("data:")) return null;
   const match = DATA_URL.exec(data);
-  if (!match) return null;
+  if (!match || !BASE64.test(match[3])) return null;
   let name = "";
   for (const param of match[2].split(";").slice(1)) {
     const [key, value] = param.split("=", 2);

@@ -1,9 +1,14 @@
 // The publish form: one event, a flood of numbered events, or a file, via POST /publish.
 
+import { RESET_EVENT_TYPE } from "./client.js";
 import { binaryDataUrl, formatBytes } from "./eventdata.js";
 
+// The grammars of hub/topics.py and hub/events.py (tests/test_web_protocol.py keeps them in step).
 export const TOPIC = /^[A-Za-z0-9_\-./:]{1,128}$/;
-const EVENT_TYPE = /^[A-Za-z0-9_\-.:/]{1,64}$/;
+export const EVENT_TYPE = /^[A-Za-z0-9_\-.:/]{1,64}$/;
+/** Types the hub itself sends; a publisher may not use them, nor any `hub-` type. */
+export const RESERVED_EVENT_TYPES = [RESET_EVENT_TYPE];
+export const RESERVED_EVENT_TYPE_PREFIX = "hub-";
 const TOKEN_KEY = "sse-hub-publish-token";
 const STATUS_EVERY_MS = 150;
 const MAX_COUNT = 100_000;
@@ -23,6 +28,15 @@ function explain(status, reason) {
   };
   const hint = hints[status] ? ` (${hints[status]})` : "";
   return `HTTP ${status}${reason ? `: ${reason}` : ""}${hint}`;
+}
+
+/** Why the hub would refuse an event type ("" is the default, `message`), or "" when it is fine. */
+export function eventTypeProblem(type) {
+  if (RESERVED_EVENT_TYPES.includes(type) || type.startsWith(RESERVED_EVENT_TYPE_PREFIX)) {
+    return `the event type ${type} is reserved for the hub's own notices (${RESERVED_EVENT_TYPES.join(", ")}, ${RESERVED_EVENT_TYPE_PREFIX}*)`;
+  }
+  if (type && !EVENT_TYPE.test(type)) return "the event type must be 1-64 characters from A-Z a-z 0-9 _ - . / :";
+  return "";
 }
 
 /** POST /publish; resolves to the new event's ID. */
@@ -93,7 +107,8 @@ export class PublishForm {
     const topic = this.fields.topic.value.trim();
     const type = this.fields.type.value.trim();
     if (!TOPIC.test(topic)) throw new PublishError("the topic must be 1-128 characters from A-Z a-z 0-9 _ - . / :");
-    if (type && !EVENT_TYPE.test(type)) throw new PublishError("the event type must be 1-64 characters from A-Z a-z 0-9 _ - . / :");
+    const problem = eventTypeProblem(type);
+    if (problem) throw new PublishError(problem);
     if (type) this.onType(type);
     return { topic, type, token: this.fields.token.value.trim() };
   }

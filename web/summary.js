@@ -62,7 +62,7 @@ export function lagOf(client, log) {
     const behind = log.countAfter(topic, position);
     events += behind.count;
     atLeast ||= behind.atLeast;
-    if (position && behind.count) ms = Math.max(ms, newest[0] - position[0]);
+    if (position && behind.count) ms = Math.max(ms, Number(newest[0] - position[0]));
   }
   return { events, ms, atLeast };
 }
