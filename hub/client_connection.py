@@ -230,9 +230,9 @@ class ClientConnection:
     async def run(self, send: Send, receive: Receive) -> None:
         """Stream until the stream ends; the response has started."""
         self._send = send
-        self.write()
         watcher = asyncio.create_task(self._watch(receive))
         try:
+            self.write()
             await self._finished
             if self._ending is Ending.SLOW or self._ending is Ending.DISCONNECTED:
                 return  # the server closes a response left unfinished

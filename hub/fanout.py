@@ -245,6 +245,8 @@ class Fanout:
             page = await self._history.page_after(
                 topic.name, after, not_before=joiner.ticket if fresh else 0
             )
+            if page.events and page.events[0].event.prev != after:  # trimmed between pages
+                await client.push_paced(sse.reset_notice(topic.name, page.events[0].event.id))
 
     def detach(self, client: ClientConnection) -> None:
         """Forget `client` everywhere; a topic left with no client is unsubscribed."""
@@ -389,16 +391,15 @@ class Fanout:
                     return
 
     async def _deliver_history(self, topic: Topic, ticket: int) -> None:
-        first = True
         while True:
             assert topic.position is not None
             page = await self._history.page_after(topic.name, topic.position, not_before=ticket)
+            # Each page starts where the last ended, unless the stream was trimmed between.
+            if page.events and page.events[0].event.prev != topic.position:
+                notice = sse.reset_notice(topic.name, page.events[0].event.id)
+                for client in (*topic.simple, *topic.composite):
+                    client.push(notice)
             for framed in page.events:
-                if first and framed.event.prev != topic.position:
-                    notice = sse.reset_notice(topic.name, framed.event.id)
-                    for client in (*topic.simple, *topic.composite):
-                        client.push(notice)
-                first = False
                 self._deliver(topic, framed)
             if page.complete:
                 return

@@ -95,15 +95,16 @@ class Primaries:
             try:
                 node = asking or self.topology.owner(key)
                 batch = commands(node)
-                if asking is not None:
-                    return (await self._send(node, [("ASKING",), *batch]))[1:]
+                if asking is not None:  # ASKING lets only the next command in
+                    asked = [word for command in batch for word in (("ASKING",), command)]
+                    return (await self._send(node, asked))[1::2]
                 return await self._send(node, batch)
+            except _REROUTE as exc:  # before AskError: redis-py's MovedError is one
+                failure: Exception = exc
+                source = None if isinstance(exc, NoPrimary) else node
             except AskError as exc:
                 asking = self.topology.node_at(exc.host, int(exc.port))
                 continue
-            except _REROUTE as exc:
-                failure: Exception = exc
-                source = None if isinstance(exc, NoPrimary) else node
             except _LOST as exc:
                 if not idempotent and not _never_sent(exc):
                     await self._refresh_quietly()

@@ -57,24 +57,39 @@ def run_eagerly(step: Awaitable[None]) -> Awaitable[None] | None:
 
 
 async def _resume(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    """Go on running a coroutine that `_start` left waiting, as a task would.
+    """Go on running a coroutine that `run_eagerly` left waiting, as a task would.
 
     (Python 3.12's eager tasks do the same; this runs on 3.11 too.)
     """
     try:
         while True:
-            try:
-                if waiting_on is None:  # a bare yield: it only asked to let others run
-                    await asyncio.sleep(0)
-                else:
-                    await waiting_on
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                waiting_on = coroutine.throw(exc)
-                continue
-            waiting_on = coroutine.send(None)
+            if waiting_on is None:  # a bare yield: it only asked to let others run
+                await asyncio.sleep(0)
+            else:
+                await _until_done(waiting_on)
+            waiting_on = coroutine.send(None)  # the future's result or error reaches it here
     except StopIteration:
         return
     finally:
         coroutine.close()
+
+
+async def _until_done(future: asyncio.Future[Any]) -> None:
+    """Wait for `future` without awaiting it.
+
+    The coroutine's own `await` has already marked the future as waited on (for
+    the task that would have run it), and asyncio's C futures refuse to be
+    awaited a second time ("await wasn't used with future").
+    """
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(_: object) -> None:
+        if not done.done():
+            done.set_result(None)
+
+    future.add_done_callback(wake)
+    try:
+        await done
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
