@@ -84,7 +84,8 @@ class GuardedProtocol(asyncio.Protocol):
     def __init__(self, inner: asyncio.Protocol, limits: Limits) -> None:
         self._inner = inner
         self._limits = limits
-        self._parser = httptools.HttpRequestParser(self)
+        # Only while a request is in flight: an open stream keeps none (idle memory).
+        self._parser: httptools.HttpRequestParser | None = None
         self._transport: asyncio.Transport | None = None
         self._seen: _Transport | None = None
         self._in_headers = True  # until the first request's headers are complete
@@ -94,6 +95,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         self._writing_paused = False
         self._closed = False
+        self._between_requests = False
 
     # -- the connection, from the event loop ------------------------------------
 
@@ -109,6 +111,8 @@ class GuardedProtocol(asyncio.Protocol):
             return
         if self._in_headers:
             self._header_bytes += len(data)
+        if self._parser is None:  # a request starts: a completed one leaves no bytes behind
+            self._parser = httptools.HttpRequestParser(self)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -123,6 +127,8 @@ class GuardedProtocol(asyncio.Protocol):
                     f"{self._limits.max_header_bytes} bytes",
                 )
                 return
+        if self._between_requests:
+            self._parser = None
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -144,6 +150,7 @@ class GuardedProtocol(asyncio.Protocol):
     # -- the parser's callbacks -------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._between_requests = False
         if not self._in_headers:  # a further request on a kept-alive connection
             self._in_headers = True
             self._header_bytes = 0
@@ -155,6 +162,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._start_deadline(self._limits.body_seconds)
 
     def on_message_complete(self) -> None:
+        self._between_requests = True
         self._stop_deadline()
 
     # -- closing ----------------------------------------------------------------
