@@ -29,13 +29,22 @@ class Options:
     profile: frozenset[str] = frozenset()
 
 
-def measure(scenario: Scenario, system: str, redis: RedisServer, opts: Options,
-            run_id: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"scenario": scenario.name, "system": system, "kind": scenario.kind,
-                           "clients": scenario.clients, "topics": scenario.topics,
-                           "rate": scenario.rate, "duration": scenario.duration}
+def measure(
+    scenario: Scenario, system: str, redis: RedisServer, opts: Options, run_id: str
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "scenario": scenario.name,
+        "system": system,
+        "kind": scenario.kind,
+        "clients": scenario.clients,
+        "topics": scenario.topics,
+        "rate": scenario.rate,
+        "duration": scenario.duration,
+    }
     if scenario.kind == "storm" and system == "baseline":
-        row["skipped"] = "no history: a client that reconnects has lost what was published meanwhile"
+        row["skipped"] = (
+            "no history: a client that reconnects has lost what was published meanwhile"
+        )
         return row
     redis.flush()
     logs = opts.out / "logs"
@@ -63,37 +72,59 @@ def _cpu_groups(groups: dict[str, list[int]]) -> dict[str, float]:
 
 
 def _client(opts: Options, ep: Endpoint, s: Scenario, **kw: Any) -> LoadClient:
-    return LoadClient(opts.tools.loadclient, ep.port, ep.path, s.clients, s.topics,
-                      threads=opts.threads, coalesce_us=opts.coalesce_us, **kw)
+    return LoadClient(
+        opts.tools.loadclient,
+        ep.port,
+        ep.path,
+        s.clients,
+        s.topics,
+        threads=opts.threads,
+        coalesce_us=opts.coalesce_us,
+        **kw,
+    )
 
 
-def live(s: Scenario, system: str, ep: Endpoint, redis: RedisServer,
-         opts: Options) -> dict[str, Any]:
+def live(
+    s: Scenario, system: str, ep: Endpoint, redis: RedisServer, opts: Options
+) -> dict[str, Any]:
     groups = ep.pid_groups()
     targets = ep.targets(s.topics, opts.out)
     ready_timeout = 30 + s.clients / 200
-    with _client(opts, ep, s, ready_timeout=ready_timeout, drain=opts.drain,
-                 max_time=ready_timeout + s.duration + opts.drain + 120) as client:
+    with _client(
+        opts,
+        ep,
+        s,
+        ready_timeout=ready_timeout,
+        drain=opts.drain,
+        max_time=ready_timeout + s.duration + opts.drain + 120,
+    ) as client:
         connected = client.wait_ready(ready_timeout + 10)
         time.sleep(opts.settle)
-        cpu0, redis_cpu0 = _cpu_groups(groups), cpu_seconds([redis.proc.pid])
+        cpu0, redis_cpu0 = _cpu_groups(groups), cpu_seconds([redis.pid])
         rss0 = rss_bytes(ep.pids())
         client_cpu0 = cpu_seconds([client.pid])
         t0 = time.monotonic()
         client.go()
         profiler = _start_profile(s, system, groups, opts)
         multi = s.topics > 1
-        pub = publish(opts.tools.publisher, mode=ep.publish_mode, port=ep.publish_port,
-                      targets=targets, rate=s.rate, duration=s.duration, sha=redis.sha,
-                      conns=4 if (multi and ep.publish_mode == "nchan") else 1,
-                      window=512 if ep.publish_mode == "redis" else 64,
-                      timeout=s.duration + 90)
+        pub = publish(
+            opts.tools.publisher,
+            mode=ep.publish_mode,
+            port=ep.publish_port,
+            targets=targets,
+            rate=s.rate,
+            duration=s.duration,
+            sha=redis.sha,
+            conns=4 if (multi and ep.publish_mode == "nchan") else 1,
+            window=512 if ep.publish_mode == "redis" else 64,
+            timeout=s.duration + 90,
+        )
         t_pub, cpu_pub = time.monotonic(), _cpu_groups(groups)
         client_cpu_pub = cpu_seconds([client.pid])
         client.end(int(pub["final_seq"]))
         res = client.result(timeout=opts.drain + 60)
         t1 = time.monotonic()
-        cpu1, redis_cpu1 = _cpu_groups(groups), cpu_seconds([redis.proc.pid])
+        cpu1, redis_cpu1 = _cpu_groups(groups), cpu_seconds([redis.pid])
         rss1 = rss_bytes(ep.pids())
         profile = _finish_profile(profiler)
     deliveries = int(res["deliveries"])
@@ -113,20 +144,30 @@ def live(s: Scenario, system: str, ep: Endpoint, redis: RedisServer,
         "deliveries": deliveries,
         "expected_deliveries": expected,
         "delivered_fraction": round(deliveries / expected, 4) if expected else 0.0,
-        "lat_ms": {k: res["lat_us"][k] / 1000 for k in ("p50", "p90", "p99", "p999", "max", "mean")},
-        "lost": res["lost"], "dup": res["dup"], "reconnects": res["reconnects"],
-        "resets": res["resets"], "http_errors": res["http_errors"],
+        "lat_ms": {
+            k: res["lat_us"][k] / 1000 for k in ("p50", "p90", "p99", "p999", "max", "mean")
+        },
+        "lost": res["lost"],
+        "dup": res["dup"],
+        "reconnects": res["reconnects"],
+        "resets": res["resets"],
+        "http_errors": res["http_errors"],
         "server_cpu_s": round(server_cpu, 2),
         "server_cpu_by_process": {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0},
         "server_cores": round(server_cpu / (t1 - t0), 2),
-        "server_cores_publishing": round((sum(cpu_pub.values()) - sum(cpu0.values())) / (t_pub - t0), 2),
+        "server_cores_publishing": round(
+            (sum(cpu_pub.values()) - sum(cpu0.values())) / (t_pub - t0), 2
+        ),
         "client_cores_publishing": round((client_cpu_pub - client_cpu0) / (t_pub - t0), 2),
         "cpu_s_per_M": round(server_cpu / deliveries * 1e6, 2) if deliveries else None,
         "redis_cpu_s": round(redis_cpu1 - redis_cpu0, 2),
-        "redis_cpu_s_per_M": round((redis_cpu1 - redis_cpu0) / deliveries * 1e6, 2) if deliveries else None,
+        "redis_cpu_s_per_M": round((redis_cpu1 - redis_cpu0) / deliveries * 1e6, 2)
+        if deliveries
+        else None,
         "client_cpu_s": res["cpu_s_measure"],
         "client_cores": round(res["cpu_s_measure"] / client_wall, 2),
-        "rss_mb_before": round(rss0 / 2**20, 1), "rss_mb_after": round(rss1 / 2**20, 1),
+        "rss_mb_before": round(rss0 / 2**20, 1),
+        "rss_mb_after": round(rss1 / 2**20, 1),
         "client_why": res["why"],
     }
     if profile:
@@ -135,22 +176,24 @@ def live(s: Scenario, system: str, ep: Endpoint, redis: RedisServer,
 
 
 def _idle(s: Scenario, ep: Endpoint, redis: RedisServer, opts: Options) -> dict[str, Any]:
-    rss0, redis_rss0 = rss_bytes(ep.pids()), rss_bytes([redis.proc.pid])
+    rss0, redis_rss0 = rss_bytes(ep.pids()), rss_bytes([redis.pid])
     ready_timeout = 30 + s.clients / 200
     with _client(opts, ep, s, ready_timeout=ready_timeout, max_time=ready_timeout + 120) as client:
         connected = client.wait_ready(ready_timeout + 10)
         time.sleep(max(3.0, opts.settle))
-        rss1, redis_rss1 = rss_bytes(ep.pids()), rss_bytes([redis.proc.pid])
+        rss1, redis_rss1 = rss_bytes(ep.pids()), rss_bytes([redis.pid])
         by_group = {k: rss_bytes(v) for k, v in ep.pid_groups().items()}
         client.quit()
         res = client.result(timeout=30)
     return {
         "connected": connected,
-        "rss_mb_before": round(rss0 / 2**20, 1), "rss_mb_after": round(rss1 / 2**20, 1),
+        "rss_mb_before": round(rss0 / 2**20, 1),
+        "rss_mb_after": round(rss1 / 2**20, 1),
         "rss_mb_by_process": {k: round(v / 2**20, 1) for k, v in by_group.items()},
         "rss_kb_per_conn": round((rss1 - rss0) / max(1, connected) / 1024, 2),
         "redis_rss_kb_per_conn": round((redis_rss1 - redis_rss0) / max(1, connected) / 1024, 2),
-        "http_errors": res["http_errors"], "connect_errors": res["connect_errors"],
+        "http_errors": res["http_errors"],
+        "connect_errors": res["connect_errors"],
     }
 
 
@@ -158,17 +201,36 @@ def _storm(s: Scenario, ep: Endpoint, redis: RedisServer, opts: Options) -> dict
     groups = ep.pid_groups()
     seed = ep.seed(redis.url, "b0", json.dumps({"seq": 0, "t": time.time_ns()}))
     targets = ep.targets(1, opts.out, storm=True)
-    pub = publish(opts.tools.publisher, mode=ep.publish_mode, port=ep.publish_port,
-                  targets=targets, rate=0, count=s.missed, sha=redis.sha,
-                  window=512 if ep.publish_mode == "redis" else 64, timeout=120)
+    pub = publish(
+        opts.tools.publisher,
+        mode=ep.publish_mode,
+        port=ep.publish_port,
+        targets=targets,
+        rate=0,
+        count=s.missed,
+        sha=redis.sha,
+        window=512 if ep.publish_mode == "redis" else 64,
+        timeout=120,
+    )
     if pub["acked"] != s.missed or pub["errors"]:
         raise BenchError(f"storm: publishing the missed events failed: {pub}")
     time.sleep(opts.settle)
     cpu0 = sum(_cpu_groups(groups).values())
     t0 = time.monotonic()
-    with LoadClient(opts.tools.loadclient, ep.port, ep.path, s.clients, 1, threads=opts.threads,
-                    coalesce_us=opts.coalesce_us, burst=s.clients, last_event_id=seed,
-                    final=s.missed, ready_timeout=60, max_time=60) as client:
+    with LoadClient(
+        opts.tools.loadclient,
+        ep.port,
+        ep.path,
+        s.clients,
+        1,
+        threads=opts.threads,
+        coalesce_us=opts.coalesce_us,
+        burst=s.clients,
+        last_event_id=seed,
+        final=s.missed,
+        ready_timeout=60,
+        max_time=60,
+    ) as client:
         connected = client.wait_ready(70)
         res = client.result(timeout=70)
     server_cpu = sum(_cpu_groups(groups).values()) - cpu0
@@ -177,19 +239,27 @@ def _storm(s: Scenario, ep: Endpoint, redis: RedisServer, opts: Options) -> dict
         "missed": s.missed,
         "caught_up": res["caught_up"],
         "catchup_ms": res["catchup_ms"],
-        "all_caught_up_s": round(res["catchup_ms"]["max"] / 1000, 3) if res["caught_up"] == s.clients else None,
-        "deliveries": res["deliveries"], "lost": res["lost"], "dup": res["dup"],
-        "resets": res["resets"], "http_errors": res["http_errors"],
+        "all_caught_up_s": round(res["catchup_ms"]["max"] / 1000, 3)
+        if res["caught_up"] == s.clients
+        else None,
+        "deliveries": res["deliveries"],
+        "lost": res["lost"],
+        "dup": res["dup"],
+        "resets": res["resets"],
+        "http_errors": res["http_errors"],
         "server_cpu_s": round(server_cpu, 2),
-        "cpu_s_per_M": round(server_cpu / res["deliveries"] * 1e6, 2) if res["deliveries"] else None,
+        "cpu_s_per_M": round(server_cpu / res["deliveries"] * 1e6, 2)
+        if res["deliveries"]
+        else None,
         "client_cpu_s": res["cpu_s_total"],
         "wall_measure_s": round(time.monotonic() - t0, 2),
         "client_why": res["why"],
     }
 
 
-def _start_profile(s: Scenario, system: str, groups: dict[str, list[int]],
-                   opts: Options) -> tuple[subprocess.Popen[bytes], Path] | None:
+def _start_profile(
+    s: Scenario, system: str, groups: dict[str, list[int]], opts: Options
+) -> tuple[subprocess.Popen[bytes], Path] | None:
     if s.name not in opts.profile or not system.startswith("hub"):
         return None
     beside = Path(sys.executable).parent / "py-spy"
@@ -197,9 +267,21 @@ def _start_profile(s: Scenario, system: str, groups: dict[str, list[int]],
     if spy is None:
         raise BenchError("--profile needs py-spy (pip install py-spy)")
     raw = opts.out / f"profile-{s.name}-{system}.txt"
-    args = [spy, "record", "--pid", str(groups["gateway"][0]), "--duration",
-            str(max(1, int(s.duration))), "--rate", "200", "--format", "raw", "--nonblocking",
-            "--output", str(raw)]
+    args = [
+        spy,
+        "record",
+        "--pid",
+        str(groups["gateway"][0]),
+        "--duration",
+        str(max(1, int(s.duration))),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--output",
+        str(raw),
+    ]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), raw
 
 
@@ -248,5 +330,9 @@ def summarize_profile(raw: Path, top: int = 25) -> dict[str, Any]:
     lines.append("\ninclusive time:")
     lines += [f"{100 * c / total:5.1f}%  {name}" for name, c in incl.most_common(top)]
     summary_path.write_text("\n".join(lines) + "\n")
-    return {"samples": total, "raw": str(raw), "summary": str(summary_path),
-            "self_top": [(name, round(100 * c / max(1, total), 1)) for name, c in own.most_common(12)]}
+    return {
+        "samples": total,
+        "raw": str(raw),
+        "summary": str(summary_path),
+        "self_top": [(name, round(100 * c / max(1, total), 1)) for name, c in own.most_common(12)],
+    }

@@ -4,7 +4,7 @@
     python bench/publish_scaling.py --duration 5 --repeat 3 --results-dir bench/out
 
 Each layout is a fresh Redis Cluster of real `redis-server` processes (started by
-the same helper as the tests, `tests/redis_topologies.py`), with 3,000 topics spread
+the same helper as the tests, `tests.processes.ClusterProcesses`), with 3,000 topics spread
 over its slots:
 
 - **pipelined**: `bench/publisher.c` processes (the same number for every layout) run
@@ -31,19 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import repository  # noqa: F401  (the repository's root on sys.path, for tests.processes)
+from native import BenchError, build, publish
+from redis.crc import key_slot
+from report import command_line, load_average, machine
+
+from hub.config import Settings
+from hub.publish import PUBLISH_SCRIPT
+from hub.topics import Keys
+from publisher.client import AsyncPublisher
+from tests.processes import ClusterProcesses
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-from native import BenchError, build, publish  # noqa: E402
-from redis.crc import key_slot  # noqa: E402
-from redis_topologies import ClusterProcesses  # noqa: E402
-from report import command_line, load_average, machine  # noqa: E402
-
-from hub.config import Settings  # noqa: E402
-from hub.topics import Keys  # noqa: E402
-from hub.publish import PUBLISH_SCRIPT  # noqa: E402
-from publisher.client import AsyncPublisher  # noqa: E402
 
 PREFIX = "scaling:"
 TOPICS = 3000
@@ -62,21 +61,28 @@ class Layout:
         return 1 if self.replicas else 0
 
 
-LAYOUTS = [Layout("1 primary", 1, 0), Layout("3 primaries", 3, 0), Layout("3 primaries + 3 replicas", 3, 1)]
+LAYOUTS = [
+    Layout("1 primary", 1, 0),
+    Layout("3 primaries", 3, 0),
+    Layout("3 primaries + 3 replicas", 3, 1),
+]
 
 
 def owners(cluster: ClusterProcesses, topics: list[str]) -> dict[int, list[str]]:
     """Topics grouped by the port of the primary that owns each."""
     keys = Keys(PREFIX)
-    by_slot = {slot: port for start, end, port in cluster.slot_owners() for slot in range(start, end + 1)}
+    by_slot = {
+        slot: port for start, end, port in cluster.slot_owners() for slot in range(start, end + 1)
+    }
     grouped: dict[int, list[str]] = {}
     for topic in topics:
         grouped.setdefault(by_slot[key_slot(keys.stream(topic).encode())], []).append(topic)
     return grouped
 
 
-def pipelined(cluster: ClusterProcesses, exe: Path, grouped: dict[int, list[str]],
-              duration: float, work: Path) -> float:
+def pipelined(
+    cluster: ClusterProcesses, exe: Path, grouped: dict[int, list[str]], duration: float, work: Path
+) -> float:
     """Publishes per second of PUBLISHERS publisher.c processes, each on one primary's topics."""
     keys = Keys(PREFIX)
     shas = {}
@@ -89,11 +95,24 @@ def pipelined(cluster: ClusterProcesses, exe: Path, grouped: dict[int, list[str]
     for n in range(PUBLISHERS):
         port = ports[n % len(ports)]
         sharing = [i for i in range(PUBLISHERS) if ports[i % len(ports)] == port]
-        mine = grouped[port][sharing.index(n)::len(sharing)]
+        mine = grouped[port][sharing.index(n) :: len(sharing)]
         targets = work / f"targets-{n}.txt"
         targets.write_text("".join(f"{keys.stream(t)} {keys.channel(t)}\n" for t in mine))
-        jobs.append(dict(exe=exe, mode="redis", port=port, targets=targets, rate=0, duration=duration,
-                         sha=shas[port], maxlen=1000, conns=2, window=256, announce="SPUBLISH"))
+        jobs.append(
+            dict(
+                exe=exe,
+                mode="redis",
+                port=port,
+                targets=targets,
+                rate=0,
+                duration=duration,
+                sha=shas[port],
+                maxlen=1000,
+                conns=2,
+                window=256,
+                announce="SPUBLISH",
+            )
+        )
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(lambda job: publish(**job), jobs))
     errors = sum(int(r["errors"]) for r in results)
@@ -102,10 +121,13 @@ def pipelined(cluster: ClusterProcesses, exe: Path, grouped: dict[int, list[str]
     return sum(float(r["achieved_per_s"]) for r in results)
 
 
-async def library(url: str, wait_replicas: int, duration: float, tasks: int = 64) -> dict[str, float]:
+async def library(
+    url: str, wait_replicas: int, duration: float, tasks: int = 64
+) -> dict[str, float]:
     """AsyncPublisher from `tasks` concurrent tasks: publishes/s and latency percentiles (ms)."""
-    settings = Settings(redis_url=url, key_prefix=PREFIX, retention_maxlen=1000,
-                        publish_wait_replicas=wait_replicas)
+    settings = Settings(
+        redis_url=url, key_prefix=PREFIX, retention_maxlen=1000, publish_wait_replicas=wait_replicas
+    )
     latencies: list[float] = []
     async with AsyncPublisher(settings) as hub:
         deadline = time.monotonic() + duration
@@ -131,15 +153,27 @@ def measure(layout: Layout, exe: Path, duration: float, repeat: int, work: Path)
         grouped = owners(cluster, topics)
         runs = [pipelined(cluster, exe, grouped, duration, work) for _ in range(repeat)]
         lib = asyncio.run(library(cluster.url, layout.wait_replicas, duration))
-    row = {"layout": layout.name, "primaries": layout.primaries, "runs": runs,
-           "pipelined": statistics.median(runs), "library": lib, "wait": layout.wait_replicas}
-    print(f"{layout.name:>26}: pipelined {row['pipelined']:,.0f}/s (runs {', '.join(f'{r:,.0f}' for r in runs)}); "
-          f"library {lib['per_s']:,.0f}/s p50 {lib['p50_ms']:.2f} ms p99 {lib['p99_ms']:.2f} ms",
-          file=sys.stderr, flush=True)
+    row = {
+        "layout": layout.name,
+        "primaries": layout.primaries,
+        "runs": runs,
+        "pipelined": statistics.median(runs),
+        "library": lib,
+        "wait": layout.wait_replicas,
+    }
+    print(
+        f"{layout.name:>26}: pipelined {row['pipelined']:,.0f}/s "
+        f"(runs {', '.join(f'{r:,.0f}' for r in runs)}); "
+        f"library {lib['per_s']:,.0f}/s p50 {lib['p50_ms']:.2f} ms p99 {lib['p99_ms']:.2f} ms",
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
-def markdown(rows: list[dict[str, Any]], duration: float, repeat: int, load: tuple[str, str]) -> str:
+def markdown(
+    rows: list[dict[str, Any]], duration: float, repeat: int, load: tuple[str, str]
+) -> str:
     base = rows[0]
     lines = [
         "# Publish throughput by number of Redis Cluster primaries",
@@ -156,14 +190,16 @@ def markdown(rows: list[dict[str, Any]], duration: float, repeat: int, load: tup
         lib = row["library"]
         wait = " (WAIT 1)" if row["wait"] else ""
         lines.append(
-            f"| {row['layout']} | {row['pipelined']:,.0f} | {row['pipelined'] / base['pipelined']:.2f}× "
+            f"| {row['layout']} | {row['pipelined']:,.0f} "
+            f"| {row['pipelined'] / base['pipelined']:.2f}× "
             f"| {lib['per_s']:,.0f}{wait} | {lib['per_s'] / base['library']['per_s']:.2f}× "
             f"| {lib['p50_ms']:.2f} ms | {lib['p99_ms']:.2f} ms |"
         )
     lines += [
         "",
-        f"Pipelined: {PUBLISHERS} `bench/publisher.c` processes in every layout, 2 connections each, "
-        "256 publishes in flight per connection, each on the primary that owns its topics. Library: "
+        f"Pipelined: {PUBLISHERS} `bench/publisher.c` processes in every layout, "
+        "2 connections each, 256 publishes in flight per connection, each on the primary that "
+        "owns its topics. Library: "
         "one Python process, 64 concurrent `AsyncPublisher.publish` calls. All servers and "
         "publishers share the machine's cores.",
         "",
@@ -172,7 +208,9 @@ def markdown(rows: list[dict[str, Any]], duration: float, repeat: int, load: tup
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     p.add_argument("--repeat", type=int, default=3, help="pipelined runs per layout (median kept)")
     p.add_argument("--out", type=Path, default=HERE / "out", help="scratch directory")
@@ -187,7 +225,9 @@ def main(argv: list[str]) -> int:
         print(f"publish_scaling.py: {exc}", file=sys.stderr)
         return 2
     before = load_average()
-    rows = [measure(layout, tools.publisher, args.duration, args.repeat, args.out) for layout in LAYOUTS]
+    rows = [
+        measure(layout, tools.publisher, args.duration, args.repeat, args.out) for layout in LAYOUTS
+    ]
     text = markdown(rows, args.duration, args.repeat, (before, load_average()))
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "PUBLISH_SCALING.md").write_text(text)

@@ -22,17 +22,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from measure import Options, measure
+from native import BenchError, build
+from report import command_line, load_average, machine, versions, write_chart, write_markdown
+from scenarios import default_scenarios, quick
+from systems import SYSTEMS, RedisServer
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from measure import Options, measure  # noqa: E402
-from native import BenchError, build  # noqa: E402
-from report import command_line, load_average, machine, versions, write_chart, write_markdown  # noqa: E402
-from scenarios import default_scenarios, quick  # noqa: E402
-from systems import SYSTEMS, RedisServer  # noqa: E402
-
-NEEDS = {"hub": ["redis-server"], "hub-x2": ["redis-server", "nginx"],
-         "baseline": ["redis-server"], "nchan": ["nginx"]}
+NEEDS = {
+    "hub": ["redis-server"],
+    "hub-x2": ["redis-server", "nginx"],
+    "baseline": ["redis-server"],
+    "nchan": ["nginx"],
+}
 
 
 def _names(text: str, known: list[str], what: str) -> list[str]:
@@ -44,21 +47,39 @@ def _names(text: str, known: list[str], what: str) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="a tenth of the clients, 2 s of publishing")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated: " + ", ".join(SYSTEMS))
+    p.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma-separated: " + ", ".join(SYSTEMS)
+    )
     p.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of publishing per measurement")
+    p.add_argument(
+        "--duration", type=float, default=10.0, help="seconds of publishing per measurement"
+    )
     p.add_argument("--threads", type=int, default=2, help="load client threads")
-    p.add_argument("--coalesce-us", type=int, default=1000, help="load client: least µs between reads")
-    p.add_argument("--profile", default="", help="scenarios in which to profile the hub with py-spy")
+    p.add_argument(
+        "--coalesce-us", type=int, default=1000, help="load client: least µs between reads"
+    )
+    p.add_argument(
+        "--profile", default="", help="scenarios in which to profile the hub with py-spy"
+    )
     p.add_argument("--out", type=Path, default=HERE / "out", help="scratch: logs, results.json")
-    p.add_argument("--results-dir", type=Path, default=None, help="where RESULTS.md and chart.png go")
-    p.add_argument("--report-from", type=Path, default=None,
-                   help="only write RESULTS.md and the chart again from a results.json")
+    p.add_argument(
+        "--results-dir", type=Path, default=None, help="where RESULTS.md and chart.png go"
+    )
+    p.add_argument(
+        "--report-from",
+        type=Path,
+        default=None,
+        help="only write RESULTS.md and the chart again from a results.json",
+    )
     args = p.parse_args(argv)
     if args.duration <= 0 or args.threads < 1 or args.coalesce_us < 0:
-        raise SystemExit("run.py: --duration and --threads must be positive, --coalesce-us not negative")
+        raise SystemExit(
+            "run.py: --duration and --threads must be positive, --coalesce-us not negative"
+        )
     return args
 
 
@@ -76,16 +97,20 @@ def summary_line(row: dict[str, Any]) -> str:
     if "skipped" in row:
         return head + "skipped: " + str(row["skipped"])
     if row["kind"] == "live":
-        return head + (f"{row['connected']} conns, {row['published_eps']:.0f}/{row['offered_eps']:.0f} ev/s, "
-                       f"{row['achieved_dps']:.0f}/{row['offered_dps']:.0f} del/s, "
-                       f"p50 {row['lat_ms']['p50']:.1f} p99 {row['lat_ms']['p99']:.1f} "
-                       f"max {row['lat_ms']['max']:.1f} ms, lost {row['lost']} dup {row['dup']}, "
-                       f"cpu {row['server_cores']:.2f} cores {row['cpu_s_per_M']} s/M, "
-                       f"client {row['client_cores']:.2f} cores")
+        return head + (
+            f"{row['connected']} conns, {row['published_eps']:.0f}/{row['offered_eps']:.0f} ev/s, "
+            f"{row['achieved_dps']:.0f}/{row['offered_dps']:.0f} del/s, "
+            f"p50 {row['lat_ms']['p50']:.1f} p99 {row['lat_ms']['p99']:.1f} "
+            f"max {row['lat_ms']['max']:.1f} ms, lost {row['lost']} dup {row['dup']}, "
+            f"cpu {row['server_cores']:.2f} cores {row['cpu_s_per_M']} s/M, "
+            f"client {row['client_cores']:.2f} cores"
+        )
     if row["kind"] == "idle":
         return head + f"{row['connected']} conns, {row['rss_kb_per_conn']:.1f} KB/conn"
-    return head + (f"{row['caught_up']}/{row['clients']} caught up, all after {row['all_caught_up_s']} s, "
-                   f"lost {row['lost']} dup {row['dup']}")
+    return head + (
+        f"{row['caught_up']}/{row['clients']} caught up, all after {row['all_caught_up_s']} s, "
+        f"lost {row['lost']} dup {row['dup']}"
+    )
 
 
 def write_report(results_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
@@ -93,8 +118,10 @@ def write_report(results_dir: Path, rows: list[dict[str, Any]], meta: dict[str, 
     chart = results_dir / "chart.png"
     has_chart = write_chart(chart, rows)
     write_markdown(results_dir / "RESULTS.md", rows, meta, chart if has_chart else None)
-    print(f"bench: wrote {results_dir / 'RESULTS.md'}" + (f" and {chart}" if has_chart else ""),
-          file=sys.stderr)
+    print(
+        f"bench: wrote {results_dir / 'RESULTS.md'}" + (f" and {chart}" if has_chart else ""),
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -105,14 +132,21 @@ def main(argv: list[str]) -> int:
         return 0
     all_scenarios = default_scenarios(args.duration)
     systems = _names(args.systems, list(SYSTEMS), "system")
-    chosen = _names(args.scenarios, [s.name for s in all_scenarios], "scenario") if args.scenarios else []
+    chosen = (
+        _names(args.scenarios, [s.name for s in all_scenarios], "scenario")
+        if args.scenarios
+        else []
+    )
     scenarios = [s for s in all_scenarios if not chosen or s.name in chosen]
     if args.quick:
         scenarios = [quick(s) for s in scenarios]
     missing = sorted({tool for s in systems for tool in NEEDS[s] if shutil.which(tool) is None})
     if missing:
-        print(f"run.py: missing {', '.join(missing)} (Debian: redis-server, nginx-light, "
-              "libnginx-mod-nchan)", file=sys.stderr)
+        print(
+            f"run.py: missing {', '.join(missing)} (Debian: redis-server, nginx-light, "
+            "libnginx-mod-nchan)",
+            file=sys.stderr,
+        )
         return 2
     partial = args.quick or chosen or set(systems) != set(SYSTEMS)
     results_dir: Path = args.results_dir or (args.out if partial else HERE)
@@ -124,14 +158,22 @@ def main(argv: list[str]) -> int:
     except BenchError as exc:
         print(f"run.py: {exc}", file=sys.stderr)
         return 2
-    opts = Options(tools=tools, out=args.out, threads=args.threads, coalesce_us=args.coalesce_us,
-                   drain=5.0 if args.quick else 10.0,
-                   profile=frozenset(n.strip() for n in args.profile.split(",") if n.strip()))
+    opts = Options(
+        tools=tools,
+        out=args.out,
+        threads=args.threads,
+        coalesce_us=args.coalesce_us,
+        drain=5.0 if args.quick else 10.0,
+        profile=frozenset(n.strip() for n in args.profile.split(",") if n.strip()),
+    )
     run_id = "bench" + uuid.uuid4().hex[:6]
     started, t0 = datetime.now(timezone.utc), time.monotonic()
     load_start, load_samples = load_average(), []
-    print(f"bench: {len(scenarios)} scenarios × {len(systems)} systems, open-file limit {fds}, "
-          f"load {load_start}", file=sys.stderr)
+    print(
+        f"bench: {len(scenarios)} scenarios × {len(systems)} systems, open-file limit {fds}, "
+        f"load {load_start}",
+        file=sys.stderr,
+    )
     rows = []
     with open(args.out / "redis.log", "wb") as redis_log, RedisServer(redis_log) as redis:
         for scenario in scenarios:
@@ -145,10 +187,14 @@ def main(argv: list[str]) -> int:
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "finished": datetime.now(timezone.utc).strftime("%H:%M UTC"),
         "wall_min": (time.monotonic() - t0) / 60,
-        "machine": machine(), "versions": versions(),
-        "load_start": load_start, "load_end": load_average(),
+        "machine": machine(),
+        "versions": versions(),
+        "load_start": load_start,
+        "load_end": load_average(),
         "load_samples": " ".join(load_samples),
-        "quick": args.quick, "coalesce_us": args.coalesce_us, "threads": args.threads,
+        "quick": args.quick,
+        "coalesce_us": args.coalesce_us,
+        "threads": args.threads,
     }
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     write_report(results_dir, rows, meta)

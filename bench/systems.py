@@ -6,7 +6,8 @@
 - `nchan`: nginx with the Nchan module, one worker, EventSource subscribers, HTTP publisher.
 
 The hub and the baseline read what the hub's publish script announces in Redis; Nchan
-gets the same events over its HTTP publisher.
+gets the same events over its HTTP publisher. The processes (redis-server, gateways, nginx)
+are started by the test suite's helpers, `tests.processes`, configured for the benchmark.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ import getpass
 import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -28,95 +26,84 @@ from pathlib import Path
 from typing import IO
 
 import redis
-
-from hub.config import Settings
-from hub.topics import Keys
+import repository  # noqa: F401  (the repository's root on sys.path, for tests.processes)
 from native import BenchError
 from procstat import tree
+
+from hub.config import Settings
 from hub.publish import PUBLISH_SCRIPT
+from hub.topics import Keys
 from publisher.client import Publisher
+from tests.processes import (
+    Gateway,
+    MissingTool,
+    NginxProcess,
+    ProcessStartError,
+    WaitTimeout,
+    free_port,
+    gateway_environment,
+    http_status,
+    running,
+    wait_started,
+)
+from tests.processes import RedisServer as ProcessRedisServer
 
 HERE = Path(__file__).resolve().parent
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 NGINX_FD_LIMIT = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+START_ERRORS = (ProcessStartError, MissingTool, WaitTimeout, subprocess.TimeoutExpired)
+"""A system that does not start: a BenchError for that measurement, not the end of the run."""
 
 
 def topic_name(index: int) -> str:
     return f"b{index}"
 
 
-def _http_status(port: int, path: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+@contextmanager
+def starting(what: str) -> Iterator[None]:
+    """Turns a server that fails to start (or to stop) into a BenchError about `what`."""
     try:
-        conn.request("GET", path)
-        return conn.getresponse().status
-    finally:
-        conn.close()
+        yield
+    except START_ERRORS as exc:
+        raise BenchError(f"{what}: {exc}") from exc
 
 
 def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     """Until GET path answers 200; BenchError if the process exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{proc.args!r} exited with {proc.returncode} while starting")
-        try:
-            if _http_status(port, path) == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise BenchError(f"127.0.0.1:{port}{path} did not answer 200 within {timeout:.0f} s")
-
-
-@contextmanager
-def process(args: list[str], log: IO[bytes], env: dict[str, str] | None = None,
-            stop_signal: int = signal.SIGTERM) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            stdin=subprocess.DEVNULL)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(stop_signal)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with starting(f"{proc.args!r}"):
+        wait_started(
+            proc,
+            lambda: http_status("127.0.0.1", port, path, timeout=2) == 200,
+            timeout=timeout,
+            name=f"127.0.0.1:{port}",
+            goal=f"answer 200 on {path}",
+            log=lambda: "(in the measurement's log)",
+        )
 
 
 class RedisServer:
-    """A private redis-server for the run: nothing on disk, room for 19,000 clients."""
+    """The run's private redis-server (tests.processes.RedisServer): nothing on disk, room for
+    19,000 clients, the hub's publish script loaded, and one client kept open."""
 
     def __init__(self, log: IO[bytes]) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}"
-        self._stack = ExitStack()
-        self._log = log
+        self.server = ProcessRedisServer(
+            extra_args=["--maxclients", "19000", "--protected-mode", "no", "--loglevel", "warning"],
+            output=log,
+        )
+        self.port = self.server.port
+        self.url = self.server.url
+
+    @property
+    def pid(self) -> int:
+        pid = self.server.pid
+        if pid is None:
+            raise BenchError("the private redis-server is not running")
+        return pid
 
     def __enter__(self) -> RedisServer:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--maxclients", "19000", "--protected-mode", "no",
-                "--loglevel", "warning"]
-        self.proc = self._stack.enter_context(process(args, self._log))
+        with starting("the private redis-server"):
+            self.server.start(timeout=10)
         self.client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise BenchError("the private redis-server did not start") from None
-                time.sleep(0.05)
         self.sha: str = self.client.script_load(PUBLISH_SCRIPT)
         return self
 
@@ -126,7 +113,7 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.client.close()
-        self._stack.close()
+        self.server.close()
 
 
 @dataclass
@@ -167,8 +154,12 @@ class Endpoint:
                 return pub.publish(topic, data)
         conn = http.client.HTTPConnection("127.0.0.1", self.publish_port, timeout=10)
         try:
-            conn.request("POST", f"{self.storm_publish_path}?id={topic}", body=data,
-                         headers={"Accept": "text/json"})
+            conn.request(
+                "POST",
+                f"{self.storm_publish_path}?id={topic}",
+                body=data,
+                headers={"Accept": "text/json"},
+            )
             answer = conn.getresponse()
             body = answer.read()
             if answer.status not in (200, 201, 202):
@@ -187,39 +178,43 @@ class RunContext:
     env: Mapping[str, str] = field(default_factory=dict)  # more HUB_* settings for the gateway
 
 
-def _hub_env(ctx: RunContext, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "HUB_REDIS_URL": ctx.redis.url,
-        "HUB_HOST": "127.0.0.1",
-        "HUB_PORT": str(port),
-        "HUB_KEY_PREFIX": ctx.prefix,
+def _hub_settings(ctx: RunContext) -> dict[str, str]:
+    """The gateway's HUB_* settings besides its Redis, address and key prefix."""
+    settings = {
         "HUB_HEARTBEAT_SECONDS": "15",
         "HUB_SHUTDOWN_SECONDS": "5",
         "HUB_LOG_FORMAT": "text",
-    })
-    env.update(ctx.env)
+        **ctx.env,
+    }
     # one process per gateway: the bench places the processes itself
     for name in ("HUB_PROCESSES", "HUB_WORKERS"):
-        env[name] = "1"
-    return env
+        settings[name] = "1"
+    return settings
 
 
 @contextmanager
-def _hub_gateway(ctx: RunContext) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    port = free_port()
-    with process([sys.executable, "-m", "hub"], ctx.log, _hub_env(ctx, port)) as proc:
-        wait_http(port, "/readyz", proc)
-        yield port, proc
+def _hub_gateway(ctx: RunContext) -> Iterator[Gateway]:
+    """A gateway (tests.processes.Gateway) ready to serve: its /readyz answers 200."""
+    gateway = Gateway(
+        redis_url=ctx.redis.url, key_prefix=ctx.prefix, output=ctx.log, env=_hub_settings(ctx)
+    ).spawn()
+    try:
+        with starting("the gateway"):
+            gateway.wait_healthy(timeout=30, path="/readyz")
+        yield gateway
+    finally:
+        try:
+            gateway.terminate(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        gateway.close()
 
 
-def _nginx_conf(workdir: Path, body: str, workers: int, modules: str = "") -> Path:
+def _nginx_conf(workdir: Path, body: str, workers: int, modules: str = "") -> str:
     user = f"user {getpass.getuser()};" if os.geteuid() == 0 else ""
     (workdir / "tmp").mkdir(exist_ok=True)
-    conf = workdir / "nginx.conf"
-    conf.write_text(f"""{modules}
+    return f"""{modules}
 {user}
-daemon off;
 worker_processes {workers};
 worker_rlimit_nofile {NGINX_FD_LIMIT};
 pid {workdir}/nginx.pid;
@@ -231,33 +226,45 @@ http {{
   proxy_temp_path {workdir}/tmp/proxy;
 {body}
 }}
-""")
-    return conf
+"""
 
 
 @contextmanager
-def _nginx(ctx: RunContext, body: str, workers: int, modules: str = ""
-           ) -> Iterator[subprocess.Popen[bytes]]:
+def _nginx(
+    ctx: RunContext, body: str, port: int, workers: int, modules: str = ""
+) -> Iterator[NginxProcess]:
+    """nginx (tests.processes.NginxProcess) with `body` in its http block, ready on `port`."""
     with tempfile.TemporaryDirectory(prefix="nginx-", dir=ctx.workdir) as tmp:
         conf = _nginx_conf(Path(tmp), body, workers, modules)
-        check = subprocess.run(["nginx", "-t", "-p", tmp, "-c", str(conf)], capture_output=True,
-                               text=True)
-        if check.returncode != 0:
-            raise BenchError(f"nginx config rejected: {check.stderr.strip()[:500]}")
-        with process(["nginx", "-p", tmp, "-c", str(conf)], ctx.log) as proc:
-            try:
-                yield proc
-            finally:
-                err = Path(tmp, "error.log")
-                if err.exists():
-                    ctx.log.write(err.read_bytes()[-20_000:])
+        ngx = NginxProcess(Path(tmp), conf, port, "/nginx-ready", output=ctx.log)
+        try:
+            with starting("nginx"):
+                ngx.start(timeout=30)
+            yield ngx
+        finally:
+            ngx.close()
+            err = Path(tmp, "error.log")
+            if err.exists():
+                ctx.log.write(err.read_bytes()[-20_000:])
+
+
+def _pid(proc: subprocess.Popen[bytes] | None) -> int:
+    if proc is None:
+        raise BenchError("a process of the system is not running")
+    return proc.pid
 
 
 @contextmanager
 def hub(ctx: RunContext) -> Iterator[Endpoint]:
-    with _hub_gateway(ctx) as (port, proc):
-        yield Endpoint(port, "/events?topic=b%d", lambda: {"gateway": tree(proc.pid)}, "redis",
-                       ctx.redis.port, ctx.prefix)
+    with _hub_gateway(ctx) as gateway:
+        yield Endpoint(
+            gateway.port,
+            "/events?topic=b%d",
+            lambda: {"gateway": tree(gateway.pid)},
+            "redis",
+            ctx.redis.port,
+            ctx.prefix,
+        )
 
 
 @contextmanager
@@ -265,7 +272,7 @@ def hub_x2(ctx: RunContext) -> Iterator[Endpoint]:
     with ExitStack() as stack:
         gateways = [stack.enter_context(_hub_gateway(ctx)) for _ in range(2)]
         port = free_port()
-        servers = "\n".join(f"    server 127.0.0.1:{p};" for p, _ in gateways)
+        servers = "\n".join(f"    server 127.0.0.1:{g.port};" for g in gateways)
         body = f"""
   upstream hubs {{
 {servers}
@@ -285,12 +292,13 @@ def hub_x2(ctx: RunContext) -> Iterator[Endpoint]:
     }}
   }}"""
         # two workers: one would need two descriptors per stream, past the open-file limit at 10k
-        ngx = stack.enter_context(_nginx(ctx, body, workers=2))
-        wait_http(port, "/nginx-ready", ngx)
+        ngx = stack.enter_context(_nginx(ctx, body, port, workers=2))
 
         def groups() -> dict[str, list[int]]:
-            return {"gateway": [pid for _, p in gateways for pid in tree(p.pid)],
-                    "nginx": tree(ngx.pid)}
+            return {
+                "gateway": [pid for g in gateways for pid in tree(g.pid)],
+                "nginx": tree(_pid(ngx.process)),
+            }
 
         yield Endpoint(port, "/events?topic=b%d", groups, "redis", ctx.redis.port, ctx.prefix)
 
@@ -298,14 +306,34 @@ def hub_x2(ctx: RunContext) -> Iterator[Endpoint]:
 @contextmanager
 def baseline(ctx: RunContext) -> Iterator[Endpoint]:
     port = free_port()
-    env = _hub_env(ctx, port)
-    args = [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "baseline_app:app",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-            "--no-access-log", "--backlog", "4096"]
-    with process(args, ctx.log, env) as proc:
+    env = gateway_environment(ctx.redis.url, ctx.prefix, port, _hub_settings(ctx))
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(HERE),
+        "baseline_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--backlog",
+        "4096",
+    ]
+    with running(args, ctx.log, env=env) as proc:
         wait_http(port, "/healthz", proc)
-        yield Endpoint(port, "/events?topic=b%d", lambda: {"server": tree(proc.pid)}, "redis",
-                       ctx.redis.port, ctx.prefix)
+        yield Endpoint(
+            port,
+            "/events?topic=b%d",
+            lambda: {"server": tree(proc.pid)},
+            "redis",
+            ctx.redis.port,
+            ctx.prefix,
+        )
 
 
 @contextmanager
@@ -337,10 +365,15 @@ def nchan(ctx: RunContext) -> Iterator[Endpoint]:
       nchan_subscriber_first_message newest;
     }}
   }}"""
-    with _nginx(ctx, body, workers=1, modules=f"load_module {NCHAN_MODULE};") as ngx:
-        wait_http(port, "/nginx-ready", ngx)
-        yield Endpoint(port, "/sub?id=b%d", lambda: {"nginx": tree(ngx.pid)}, "nchan", port,
-                       storm_publish_path="/pub-storm")
+    with _nginx(ctx, body, port, workers=1, modules=f"load_module {NCHAN_MODULE};") as ngx:
+        yield Endpoint(
+            port,
+            "/sub?id=b%d",
+            lambda: {"nginx": tree(_pid(ngx.process))},
+            "nchan",
+            port,
+            storm_publish_path="/pub-storm",
+        )
 
 
 SYSTEMS: dict[str, Callable[[RunContext], AbstractContextManager[Endpoint]]] = {

@@ -13,8 +13,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, Playwright, Route, expect, sync_playwright
-
+from playwright.sync_api import (
+    Browser,
+    Locator,
+    Page,
+    Playwright,
+    Route,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
 from processes import REPO_ROOT, Gateway, require_tool
 
 CHROMIUM_ARGS = [
@@ -24,8 +32,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-LAPTOP = {"width": 1440, "height": 1000}
-PHONE = {"width": 390, "height": 844}
+LAPTOP: ViewportSize = {"width": 1440, "height": 1000}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 # Generous: the machine is shared with other test runs.
 WAIT_MS = 30_000
 PUBLISH_TIMEOUT_S = 60.0
@@ -37,9 +45,7 @@ MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css
 def launch_chromium(playwright: Playwright) -> Browser:
     """Headless Chromium from the system package (Playwright's own download is not used)."""
     executable = require_tool("chromium")
-    return playwright.chromium.launch(
-        executable_path=executable, args=CHROMIUM_ARGS, headless=True
-    )
+    return playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
 
 
 @pytest.fixture(scope="module")

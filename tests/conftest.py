@@ -1,5 +1,8 @@
 """Shared fixtures (Redis, key prefixes, gateway processes) and CI's strict mode.
 
+The processes themselves are tests/processes/, a package the benchmark uses too. A
+program it needs and does not find (MissingTool) skips the test here.
+
 Strict mode (env CI=true or HUB_TESTS_STRICT=1): a skipped test, or a module
 skipped at collection, is reported as a failure, so a missing tool cannot pass CI
 silently.
@@ -13,19 +16,16 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-
 from processes import (
     SHARED_REDIS_URL,
     Gateways,
+    MissingTool,
     RedisServer,
     RedisServers,
     delete_keys,
-    free_port,
     redis_answers,
     require_tool,
 )
-
-__all__ = ["free_port", "require_tool"]
 
 GATEWAYS = pytest.StashKey[Gateways]()
 
@@ -36,7 +36,9 @@ def strict_mode() -> bool:
 
 def _skip_reason(longrepr: object) -> str:
     # A skip's longrepr is (path, lineno, reason).
-    reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    reason = (
+        str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    )
     return reason.removeprefix("Skipped: ")
 
 
@@ -56,6 +58,22 @@ def pytest_runtest_makereport(
         for name, tail in item.stash[GATEWAYS].logs():
             report.sections.append((f"Gateway log {name}", tail))
     return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    except MissingTool as missing:
+        pytest.skip(str(missing))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    except MissingTool as missing:
+        pytest.skip(str(missing))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -102,7 +120,7 @@ def private_redis() -> Iterator[RedisServers]:
 def gateway(
     request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, key_prefix: str
 ) -> Iterator[Gateways]:
-    """Factory: `gateway(env=None, *, redis_url=, key_prefix=, port=, command=, wait_ready=True)`."""
+    """Factory: `gateway(env=None, *, redis_url=, key_prefix=, port=, command=, wait_ready=)`."""
     gateways = Gateways(tmp_path, redis_url, key_prefix)
     request.node.stash[GATEWAYS] = gateways
     try:

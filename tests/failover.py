@@ -1,27 +1,28 @@
-"""Counting every event through a Redis failover: a publisher that waits for replicas, and the tally.
+"""Publishing through a Redis failover: a publisher that waits for replicas, and clients everywhere.
 
 The publisher publishes to many topics at a steady rate and keeps, per topic,
 what Redis acknowledged. A publish that fails (its primary died, or
 the event did not reach a replica in time) is counted as refused: the
 publisher saw an error, so it is never a silent loss; the event may or may
-not be delivered. The tally then checks, per topic and per client, that every
-acknowledged event arrived exactly once and in order.
+not be delivered. `sse_client.settle_and_count` then checks, per topic and per
+client, that every acknowledged event arrived exactly once and in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from processes import Gateway, wait_until_async
 from redis.exceptions import RedisError
+from sse_client import ReconnectingListener, connected, settle_and_count
 
 from hub.config import Settings
 from publisher import AsyncPublisher
-from processes import Gateway
-from sse_client import ReconnectingListener, connected
 
 
 @dataclass
@@ -32,12 +33,14 @@ class WaitingPublisher:
     rate: float = 200.0
     wait_replicas: int = 1
     acknowledged: dict[str, list[str]] = field(default_factory=dict)
+    attempted: dict[str, int] = field(default_factory=dict)
     refused: int = 0
     errors: set[str] = field(default_factory=set)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def run(self, seconds: float) -> None:
-        """Publish for `seconds`: each topic on its own task, so a topic whose primary is
-        failing over does not hold the others back."""
+    async def run(self, seconds: float | None = None) -> None:
+        """Publish for `seconds`, or until stop(): each topic on its own task, so a topic whose
+        primary is failing over does not hold the others back."""
         settings = Settings(
             redis_url=self.redis_url,
             key_prefix=self.key_prefix,
@@ -45,13 +48,19 @@ class WaitingPublisher:
             redis_timeout_seconds=2.0,
         )
         self.acknowledged = {topic: [] for topic in self.topics}
+        self.attempted = {topic: 0 for topic in self.topics}
         async with AsyncPublisher(settings) as hub:
             started = time.monotonic()
             per_topic = self.rate / len(self.topics)
 
+            def publishing() -> bool:
+                return not self._stop.is_set() and (
+                    seconds is None or time.monotonic() - started < seconds
+                )
+
             async def publish(topic: str) -> None:
                 n = 0
-                while time.monotonic() - started < seconds:
+                while publishing():
                     data = f"{topic}#{n}"
                     try:
                         await hub.publish(topic, data)
@@ -60,76 +69,71 @@ class WaitingPublisher:
                         self.refused += 1
                         self.errors.add(type(exc).__name__)
                     n += 1
+                    self.attempted[topic] = n
                     delay = started + n / per_topic - time.monotonic()
                     if delay > 0:
-                        await asyncio.sleep(delay)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stop.wait(), delay)
 
             await asyncio.gather(*(publish(topic) for topic in self.topics))
+
+    def stop(self) -> None:
+        self._stop.set()
 
     @property
     def total(self) -> int:
         return sum(len(events) for events in self.acknowledged.values())
 
+    def least_acknowledged(self) -> int:
+        return min((len(events) for events in self.acknowledged.values()), default=0)
 
-async def listen_everywhere(hubs: Sequence[Gateway], topics: Sequence[str]) -> list[ReconnectingListener]:
+    async def wait_acknowledged(self, per_topic: int, within: float = 60.0) -> None:
+        """Until at least `per_topic` events of every topic were acknowledged."""
+        await wait_until_async(
+            lambda: self.acknowledged and self.least_acknowledged() >= per_topic,
+            within,
+            f"{per_topic} acknowledged events on each of {len(self.topics)} topics",
+            observe=lambda: (
+                f"{self.least_acknowledged()} on the slowest topic, {self.refused} refused "
+                f"({', '.join(sorted(self.errors)) or 'no errors'})"
+            ),
+        )
+
+    def least_attempted(self) -> int:
+        return min(self.attempted.values(), default=0)
+
+    async def wait_attempted(self, per_topic: int, within: float = 60.0) -> None:
+        """Until at least `per_topic` publishes of every topic were made, acknowledged or not."""
+        await wait_until_async(
+            lambda: self.attempted and self.least_attempted() >= per_topic,
+            within,
+            f"{per_topic} publishes on each of {len(self.topics)} topics",
+            observe=lambda: f"{self.least_attempted()} on the slowest topic",
+        )
+
+    async def settle_and_count(
+        self,
+        clients: Sequence[ReconnectingListener],
+        label: str,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Check that every client got every acknowledged event of its topics once, in order."""
+        await settle_and_count(
+            clients,
+            self.acknowledged,
+            label,
+            capsys,
+            redis_url=self.redis_url,
+            key_prefix=self.key_prefix,
+            refused=self.refused,
+            errors=sorted(self.errors),
+        )
+
+
+async def listen_everywhere(
+    hubs: Sequence[Gateway], topics: Sequence[str]
+) -> list[ReconnectingListener]:
     """At every gateway, a client per topic and one client of all topics; all connected."""
     clients = [ReconnectingListener(hub.url, [topic]).start() for hub in hubs for topic in topics]
     clients += [ReconnectingListener(hub.url, topics).start() for hub in hubs]
     return await connected(clients)
-
-
-@dataclass
-class Tally:
-    lost: int = 0
-    duplicated: int = 0
-    out_of_order: int = 0
-    extra: int = 0
-    """Events delivered whose publish failed (the write happened; the acknowledgement did not)."""
-
-
-def tally(client: ReconnectingListener, acknowledged: dict[str, list[str]]) -> Tally:
-    """What one client (of one or several topics) got against what was acknowledged."""
-    result = Tally()
-    received = client.data
-    result.duplicated = len(received) - len(set(received))
-    seen = set(received)
-    for topic in client.topics:
-        expected = acknowledged[topic]
-        wanted = set(expected)
-        result.lost += sum(1 for data in expected if data not in seen)
-        got = [data for data in dict.fromkeys(received) if data.startswith(f"{topic}#")]
-        result.extra += sum(1 for data in got if data not in wanted)
-        if [data for data in got if data in wanted] != [data for data in expected if data in seen]:
-            result.out_of_order += 1
-    return result
-
-
-async def settle_and_tally(
-    clients: list[ReconnectingListener],
-    publisher: WaitingPublisher,
-    label: str,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """Wait until every client has every acknowledged event, then report and check the counts."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if all(tally(client, publisher.acknowledged).lost == 0 for client in clients):
-            break
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)  # a duplicate would arrive now
-    tallies = [tally(client, publisher.acknowledged) for client in clients]
-    reconnects = sum(client.connections - 1 for client in clients)
-    for client in clients:
-        await client.close()
-    total = Tally(
-        *(sum(getattr(t, name) for t in tallies) for name in ("lost", "duplicated", "out_of_order", "extra"))
-    )
-    with capsys.disabled():
-        print(
-            f"\n[{label}] {len(clients)} clients, {publisher.total} acknowledged events over "
-            f"{len(publisher.topics)} topics, {publisher.refused} publishes refused "
-            f"({', '.join(sorted(publisher.errors)) or 'none'}): lost={total.lost} "
-            f"duplicated={total.duplicated} out_of_order={total.out_of_order} "
-            f"delivered_unacknowledged={total.extra} reconnects={reconnects}"
-        )
-    assert total.lost == 0 and total.duplicated == 0 and total.out_of_order == 0

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+import ssl
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 
 import httpx
+import pytest
 from httpx_sse import aconnect_sse
+from processes import WaitTimeout, wait_until_async
 
 from hub.config import Settings
 from publisher import AsyncPublisher
+
+TLS = ssl.create_default_context()
+"""The one TLS context of every test client. The tests speak plain HTTP to 127.0.0.1, but
+an httpx client builds a context (loading the CA bundle, about 25 ms of CPU that holds
+the event loop) unless it is given one: clients that reconnect often would spend their
+time there."""
+
+
+def _recent(events: Sequence[Received], count: int = 3) -> str:
+    return ", ".join(f"{e.id} {e.event} {e.data[:40]!r}" for e in events[-count:]) or "none"
 
 
 @dataclass
@@ -48,8 +61,10 @@ class Listener:
         elif self.last_event_id:
             headers["Last-Event-ID"] = self.last_event_id
         timeout = httpx.Timeout(10.0, read=None)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout) as client:
-            async with aconnect_sse(client, "GET", "/events", params=params, headers=headers) as source:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, verify=TLS) as client:
+            async with aconnect_sse(
+                client, "GET", "/events", params=params, headers=headers
+            ) as source:
                 self.status = source.response.status_code
                 self.headers = source.response.headers
                 self.connected.set()
@@ -72,21 +87,38 @@ class Listener:
     def cursor(self) -> str:
         return self.events[-1].id if self.events else self.last_event_id
 
-    async def wait_connected(self, timeout: float = 10.0) -> None:
-        await asyncio.wait_for(self.connected.wait(), timeout)
+    def __str__(self) -> str:
+        return f"listener of {list(self.topics)} at {self.base_url}"
 
-    async def wait_for(self, count: int, timeout: float = 20.0, any_type: bool = False) -> None:
-        """Wait until `count` events of the default type (or of any type) arrived, or the stream ended."""
-        async with asyncio.timeout(timeout):
-            while len(self.events if any_type else self.data) < count and not self.ended:
-                if self._task is not None and self._task.done():
-                    self._task.result()
-                    return
-                await asyncio.sleep(0.01)
+    async def wait_connected(self, within: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(self.connected.wait(), within)
+        except TimeoutError:
+            raise WaitTimeout(f"{self}: no response to GET /events within {within:g} s") from None
 
-    async def wait_ended(self, timeout: float = 20.0) -> None:
-        assert self._task is not None
-        await asyncio.wait_for(asyncio.shield(self._task), timeout)
+    async def wait_for(self, count: int, within: float = 20.0, any_type: bool = False) -> None:
+        """Until `count` events of the default type (or of any type) came, or the stream ended."""
+
+        def arrived() -> bool:
+            if self._task is not None and self._task.done():
+                self._task.result()  # the stream failed: its error, not a timeout
+                return True
+            return self.ended or len(self.events if any_type else self.data) >= count
+
+        await wait_until_async(
+            arrived,
+            within,
+            f"{count} {'events' if any_type else 'message events'} at the {self}",
+            observe=lambda: (
+                f"{len(self.events)} events (status {self.status}), "
+                f"the last: {_recent(self.events)}"
+            ),
+            interval=0.01,
+        )
+
+    async def wait_ended(self, within: float = 20.0) -> None:
+        assert self._task is not None, "wait_ended() before start()"
+        await asyncio.wait_for(asyncio.shield(self._task), within)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -111,7 +143,9 @@ async def listening(
 
 
 @contextlib.asynccontextmanager
-async def publisher(redis_url: str, key_prefix: str, **settings: object) -> AsyncIterator[AsyncPublisher]:
+async def publisher(
+    redis_url: str, key_prefix: str, **settings: object
+) -> AsyncIterator[AsyncPublisher]:
     hub = AsyncPublisher(Settings(redis_url=redis_url, key_prefix=key_prefix, **settings))  # type: ignore[arg-type]
     try:
         yield hub
@@ -132,6 +166,9 @@ class ReconnectingListener:
     last_event_id: str = ""
     events: list[Received] = field(default_factory=list)
     connections: int = 0
+    refusals: int = 0
+    """Responses other than 200 (nginx's 502 when it has no gateway to offer, for example).
+    This client tries again after them; a browser's EventSource would give up for good."""
     retry_ms: int = 3000
     _task: asyncio.Task[None] | None = None
 
@@ -142,12 +179,16 @@ class ReconnectingListener:
     async def _run(self) -> None:
         params = [("topic", topic) for topic in self.topics]
         timeout = httpx.Timeout(5.0, read=30.0)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout) as client:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, verify=TLS) as client:
             while True:
                 headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
                 try:
-                    async with aconnect_sse(client, "GET", "/events", params=params, headers=headers) as source:
-                        if source.response.status_code == 200:
+                    async with aconnect_sse(
+                        client, "GET", "/events", params=params, headers=headers
+                    ) as source:
+                        if source.response.status_code != 200:
+                            self.refusals += 1
+                        else:
                             self.connections += 1
                             async for sse in source.aiter_sse():
                                 if sse.retry is not None:
@@ -163,10 +204,20 @@ class ReconnectingListener:
     def data(self) -> list[str]:
         return [event.data for event in self.events if event.event == "message"]
 
-    async def wait_for(self, count: int, timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.data) < count:
-                await asyncio.sleep(0.02)
+    def __str__(self) -> str:
+        return f"reconnecting client of {list(self.topics)} at {self.base_url}"
+
+    async def wait_for(self, count: int, within: float = 30.0) -> None:
+        await wait_until_async(
+            lambda: len(self.data) >= count,
+            within,
+            f"{count} events at the {self}",
+            observe=lambda: (
+                f"{len(self.data)} events over {self.connections} connections, "
+                f"the last: {_recent(self.events)}"
+            ),
+            interval=0.02,
+        )
 
     async def close(self) -> None:
         if self._task is not None:
@@ -176,24 +227,154 @@ class ReconnectingListener:
 
 
 async def connected(
-    clients: list[ReconnectingListener], timeout: float = 20.0
+    clients: list[ReconnectingListener], within: float = 20.0
 ) -> list[ReconnectingListener]:
     """`clients`, once every one of them has its stream open."""
-    async with asyncio.timeout(timeout):
-        while any(client.connections == 0 for client in clients):
-            await asyncio.sleep(0.05)
+    await wait_until_async(
+        lambda: all(client.connections for client in clients),
+        within,
+        f"all {len(clients)} clients to open their stream",
+        observe=lambda: (
+            f"{sum(1 for c in clients if not c.connections)} have none, e.g. "
+            + ", ".join(str(c) for c in clients if not c.connections)[:300]
+        ),
+    )
     return clients
 
 
-def count_losses(expected: Sequence[str], received: Sequence[str]) -> tuple[int, int, bool]:
-    """(lost, duplicated, in order) of what one client received against what was published."""
+# -- counting what arrived against what was published -----------------------------------
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What clients received against what was acknowledged, summed over clients and topics."""
+
+    expected: int = 0
+    received: int = 0
+    """Distinct acknowledged events that arrived."""
+    lost: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    """Streams (one client, one topic) whose events arrived in another order."""
+    unacknowledged: int = 0
+    """Events delivered although their publish failed (the write happened, its answer did not)."""
+    first_missing: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.duplicated == 0 and self.out_of_order == 0
+
+    def __add__(self, other: Tally) -> Tally:
+        sums = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in fields(self)
+            if f.name != "first_missing"
+        }
+        return Tally(**sums, first_missing=self.first_missing or other.first_missing)
+
+    def __str__(self) -> str:
+        missing = f" (first missing: {self.first_missing!r})" if self.first_missing else ""
+        return (
+            f"received {self.received} of {self.expected}{missing}, lost={self.lost} "
+            f"duplicated={self.duplicated} out_of_order={self.out_of_order} "
+            f"delivered_unacknowledged={self.unacknowledged}"
+        )
+
+
+def count_events(expected: Sequence[str], received: Sequence[str]) -> Tally:
+    """One stream's count: what it `received`, in order, against what was `expected` in order.
+
+    Received events that were not expected (their publish failed) are counted as
+    unacknowledged, not as errors; a repeat of any event is a duplicate.
+    """
     seen = set(received)
-    lost = sum(1 for item in expected if item not in seen)
-    duplicated = len(received) - len(seen)
-    in_order = list(dict.fromkeys(received)) == [item for item in expected if item in seen]
-    return lost, duplicated, in_order
+    wanted = set(expected)
+    missing = [item for item in expected if item not in seen]
+    distinct = list(dict.fromkeys(received))
+    in_order = [item for item in distinct if item in wanted] == [
+        item for item in expected if item in seen
+    ]
+    return Tally(
+        expected=len(expected),
+        received=len(expected) - len(missing),
+        lost=len(missing),
+        duplicated=len(received) - len(seen),
+        out_of_order=0 if in_order else 1,
+        unacknowledged=sum(1 for item in distinct if item not in wanted),
+        first_missing=missing[0] if missing else None,
+    )
+
+
+SETTLED = "settled"
+
+
+def topic_of(data: str) -> str:
+    """The topic of an event these tests publish: its data is `<topic>#<n>`."""
+    return data.rpartition("#")[0]
+
+
+def tally(client: ReconnectingListener, acknowledged: Mapping[str, Sequence[str]]) -> Tally:
+    """What one client (of one or several topics) got against what was acknowledged per topic."""
+    total = Tally()
+    for topic in client.topics:
+        received = [d for d in client.data if topic_of(d) == topic and d != f"{topic}#{SETTLED}"]
+        total += count_events(acknowledged[topic], received)
+    return total
+
+
+async def settle_and_count(
+    clients: Sequence[ReconnectingListener],
+    acknowledged: Mapping[str, Sequence[str]],
+    label: str,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    redis_url: str,
+    key_prefix: str,
+    refused: int = 0,
+    errors: Sequence[str] = (),
+    within: float = 60.0,
+) -> Tally:
+    """Wait until every client has everything, then report the counts and check them.
+
+    Once publishing is over, a last event (`<topic>#settled`) is published on each topic;
+    a client that has it for all its topics has been sent everything before it, in
+    order, so anything repeated or missing shows by then: no grace period is needed.
+    The clients are closed; fails unless nothing was lost, repeated or reordered.
+    """
+    async with publisher(redis_url, key_prefix) as pub:
+        for topic in acknowledged:
+            await pub.publish(topic, f"{topic}#{SETTLED}")
+
+    def settled(client: ReconnectingListener) -> bool:
+        return all(f"{topic}#{SETTLED}" in client.data for topic in client.topics)
+
+    with contextlib.suppress(WaitTimeout):  # what is missing is counted below
+        await wait_until_async(
+            lambda: all(settled(c) for c in clients), within, "every client settled"
+        )
+    tallies = [tally(client, acknowledged) for client in clients]
+    reconnects = sum(client.connections - 1 for client in clients)
+    refusals = sum(client.refusals for client in clients)
+    for client in clients:
+        await client.close()
+    total = sum(tallies, Tally())
+    with capsys.disabled():
+        print(
+            f"\n[{label}] {len(clients)} clients, {sum(len(e) for e in acknowledged.values())} "
+            f"acknowledged events over {len(acknowledged)} topics, {refused} publishes refused "
+            f"({', '.join(sorted(errors)) or 'none'}): {total}, reconnects={reconnects}, "
+            f"responses_not_200={refusals}"
+        )
+    failing = [f"{client}: {t}" for client, t in zip(clients, tallies, strict=True) if not t.ok]
+    assert total.ok, (
+        f"[{label}] {len(failing)} clients missed, repeated or reordered events: "
+        + "; ".join(failing[:5])
+    )
+    return total
 
 
 def metric(text: str, name: str) -> float:
     """One sample's value from a Prometheus text page (`/metrics`)."""
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+    return float(
+        next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " "))
+    )

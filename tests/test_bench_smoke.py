@@ -13,8 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-from conftest import require_tool
+from processes import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -24,8 +23,11 @@ BENCH = ROOT / "bench"
 def loadclient(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cc = require_tool("cc")
     exe = tmp_path_factory.mktemp("build") / "loadclient"
-    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-pthread", "-o", str(exe),
-                    str(BENCH / "loadclient.c")], check=True, timeout=120)
+    subprocess.run(
+        [cc, "-O2", "-Wall", "-Werror", "-pthread", "-o", str(exe), str(BENCH / "loadclient.c")],
+        check=True,
+        timeout=120,
+    )
     return exe
 
 
@@ -45,8 +47,10 @@ def scripted_server(body: list[bytes]) -> Iterator[int]:
         conn, _ = listener.accept()
         with conn:
             conn.recv(4096)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n")
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
             for part in body:
                 conn.sendall(_chunk(part))
                 time.sleep(0.01)
@@ -69,13 +73,39 @@ def test_load_client_counts_lost_and_duplicated_events(loadclient: Path) -> None
         return b'id: 1-%d\r\ndata: {"seq":%d,"t":%d}\r\n\r\n' % (seq, seq, now)
 
     # seq 3 is missing, 4 comes twice, a heartbeat and a frame split across chunks in between
-    frames = [b"retry: 1000\n\n", event(1), event(2), b":\n\n", event(4), event(4), event(5)[:9],
-              event(5)[9:], b"event: other\ndata: {\"seq\":99}\n\n"]
+    frames = [
+        b"retry: 1000\n\n",
+        event(1),
+        event(2),
+        b":\n\n",
+        event(4),
+        event(4),
+        event(5)[:9],
+        event(5)[9:],
+        b'event: other\ndata: {"seq":99}\n\n',
+    ]
     with scripted_server(frames) as port:
         done = subprocess.run(
-            [str(loadclient), "--port", str(port), "--path", "/events?topic=b%d", "--conns", "1",
-             "--threads", "1", "--final", "6", "--max-time", "3", "--no-reconnect"],
-            capture_output=True, text=True, timeout=30)
+            [
+                str(loadclient),
+                "--port",
+                str(port),
+                "--path",
+                "/events?topic=b%d",
+                "--conns",
+                "1",
+                "--threads",
+                "1",
+                "--final",
+                "6",
+                "--max-time",
+                "3",
+                "--no-reconnect",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["deliveries"] == 4
     assert result["dup"] == 1
@@ -88,9 +118,22 @@ def test_quick_benchmark_against_one_gateway(tmp_path: Path) -> None:
     require_tool("cc")
     require_tool("redis-server")
     done = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--quick", "--systems", "hub",
-         "--scenarios", "fanout-1k-100,storm-1k", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--quick",
+            "--systems",
+            "hub",
+            "--scenarios",
+            "fanout-1k-100,storm-1k",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["scenario"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
     live, storm = rows["fanout-1k-100"], rows["storm-1k"]
@@ -108,14 +151,31 @@ def test_publish_scaling_benchmark_runs_every_layout(tmp_path: Path) -> None:
     require_tool("cc")
     require_tool("redis-cli")
     done = subprocess.run(
-        [sys.executable, str(BENCH / "publish_scaling.py"), "--duration", "0.5", "--repeat", "1",
-         "--out", str(tmp_path), "--results-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=240, cwd=ROOT)
+        [
+            sys.executable,
+            str(BENCH / "publish_scaling.py"),
+            "--duration",
+            "0.5",
+            "--repeat",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--results-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "PUBLISH_SCALING.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and " primar" in line[:12]]
     assert [row.split(" | ")[0] for row in rows] == [
-        "| 1 primary", "| 3 primaries", "| 3 primaries + 3 replicas"]
+        "| 1 primary",
+        "| 3 primaries",
+        "| 3 primaries + 3 replicas",
+    ]
     for row in rows:
         pipelined = float(row.split(" | ")[1].replace(",", ""))
         assert pipelined > 1000, row

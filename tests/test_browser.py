@@ -3,14 +3,15 @@
 Each test leaves screenshots in its `tmp_path` for a person to look at.
 """
 
+# ruff: noqa: F811 - the fixtures `browser` and `page`, imported from browser.py, are parameters
+
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
-
+import httpx
 from browser import (  # noqa: F401 (fixtures)
     PHONE,
     HubPage,
@@ -22,11 +23,10 @@ from browser import (  # noqa: F401 (fixtures)
     run_cli,
     serve_web_files,
 )
-import httpx
+from playwright.sync_api import FilePayload, Page, expect
+from processes import Gateway, Gateways, Nginx
 
 from hub import cursor
-from processes import Gateway, Gateways
-from topology import Nginx
 
 TOPIC = "demo"
 """The page's default topic; each test's gateway has its own key prefix, so topics never mix."""
@@ -183,9 +183,12 @@ def test_the_publish_form_sends_events_every_panel_shows(
 
     # A file chosen in the form travels as a binary event and downloads byte-exact.
     payload = bytes(range(256)) * 3 + os.urandom(1000)
-    page.get_by_test_id("publish-file-input").set_input_files(
-        files=[{"name": "from form.bin", "mimeType": "application/octet-stream", "buffer": payload}]
-    )
+    chosen: FilePayload = {
+        "name": "from form.bin",
+        "mimeType": "application/octet-stream",
+        "buffer": payload,
+    }
+    page.get_by_test_id("publish-file-input").set_input_files(files=[chosen])
     page.get_by_test_id("publish-file").click()
     expect(status).to_contain_text("Sent from form.bin")
     hub.expect_all("count", "12", 3)
@@ -238,12 +241,15 @@ def test_the_page_reads_the_hubs_cursors_and_spots_gaps_and_duplicates(page: Pag
             const { decodeCursor } = await import("./cursor.js");
             return cursors.map(([text, n]) => decodeCursor(text, n));
         }""",
-        [[text, len(positions)] for text, positions in zip(cursors, cases)],
+        [[text, len(positions)] for text, positions in zip(cursors, cases, strict=True)],
     )
     assert decoded == [[list(p) for p in positions] for positions in cases]
-    assert page.evaluate(
-        """async () => (await import("./cursor.js")).decodeCursor("not-a-cursor", 2)"""
-    ) is None
+    assert (
+        page.evaluate(
+            """async () => (await import("./cursor.js")).decodeCursor("not-a-cursor", 2)"""
+        )
+        is None
+    )
 
     # Run "a": 1 2 4 (a gap of one), 4 again (a duplicate), 3 (late, so nothing is missing).
     # Run "b" starts at 1; a redelivered event is a duplicate whatever its seq. Without a
@@ -304,8 +310,13 @@ def test_panels_come_back_by_themselves_when_their_gateway_is_killed(
 
         def streams(on: Gateway) -> float:
             metrics = httpx.get(f"{on.url}/metrics").text
-            return float(next(line.split()[1] for line in metrics.splitlines()
-                              if line.startswith("hub_connected_clients ")))
+            return float(
+                next(
+                    line.split()[1]
+                    for line in metrics.splitlines()
+                    if line.startswith("hub_connected_clients ")
+                )
+            )
 
         victim = max(gateways, key=streams)
         assert streams(victim) > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -16,15 +17,18 @@ from typing import IO
 
 import pytest
 import redis
+from processes import REPO_ROOT, RedisServer, free_port, require_tool, wait_until
 
 from hub.events import decode_binary, parse_id
 from hub.topics import Keys
-from processes import REPO_ROOT, RedisServer, free_port, require_tool
 from publisher.cli import RETRY_CAP_SECONDS, backoff_delay
 
 CLI = [sys.executable, "-m", "publisher.cli"]
 ID = re.compile(r"\d+-\d+")
 WAIT_SECONDS = 20.0  # generous: the machine is shared
+UNREACHABLE = {"HUB_REDIS_TIMEOUT_SECONDS": "1"}
+"""For a Redis that is not there: the client retries a refused connection until its Redis
+timeout (5 s by default) is over, time in which nothing can change."""
 
 
 def cli_env(
@@ -85,22 +89,24 @@ class Hub:
         """(id, type, data) of every event of `topic`, oldest first."""
         with redis.Redis.from_url(url or self.redis_url) as client:
             raw = client.xrange(self.keys.stream(topic))
-        return [
-            (sid.decode(), fields[b"t"].decode(), fields[b"d"].decode()) for sid, fields in raw
-        ]
+        return [(sid.decode(), fields[b"t"].decode(), fields[b"d"].decode()) for sid, fields in raw]
 
     def data(self, topic: str) -> list[str]:
         return [data for _, _, data in self.entries(topic)]
 
     def wait_for(self, topic: str, count: int) -> list[str]:
         """The data of `topic` once it holds at least `count` events (fails after a while)."""
-        deadline = time.monotonic() + WAIT_SECONDS
-        while time.monotonic() < deadline:
+
+        def enough() -> list[str]:
             data = self.data(topic)
-            if len(data) >= count:
-                return data
-            time.sleep(0.05)
-        pytest.fail(f"{topic} holds {self.data(topic)!r}, expected {count} events")
+            return data if len(data) >= count else []
+
+        return wait_until(
+            enough,
+            WAIT_SECONDS,
+            f"{count} events in {topic}",
+            observe=lambda: f"{topic} holds {self.data(topic)!r}",
+        )
 
 
 @pytest.fixture
@@ -136,7 +142,7 @@ def write(stream: IO[bytes] | None, data: str) -> None:
 def assert_one_line_error(
     result: subprocess.CompletedProcess[str] | tuple[int, str, str], *fragments: str
 ) -> str:
-    code, out, err = (
+    code, _out, err = (
         (result.returncode, result.stdout, result.stderr)
         if isinstance(result, subprocess.CompletedProcess)
         else result
@@ -304,12 +310,14 @@ def test_follow_starts_at_the_end(
     process = hub.start("follow", "app", str(log), "--interval", "0.05", "--duration", "60")
     processes.append(process)
     # Append probes until one arrives: from then on the follower is surely running.
-    for probe in range(200):
+    probes_written = itertools.count()
+
+    def probe_arrived() -> bool:
         with open(log, "a") as file:
-            file.write(f"probe {probe}\n")
-        if hub.data("app"):
-            break
-        time.sleep(0.1)
+            file.write(f"probe {next(probes_written)}\n")
+        return bool(hub.data("app"))
+
+    wait_until(probe_arrived, WAIT_SECONDS, "a probe line to reach the stream", interval=0.1)
     with open(log, "a") as file:
         file.write("after the probes\n")
     data = hub.wait_for("app", 1)
@@ -484,7 +492,7 @@ def test_unreachable_redis(hub: Hub, tmp_path: Path, command: list[str]) -> None
     path.write_text("a line\n")
     url = f"redis://127.0.0.1:{free_port()}"
     args = [str(path) if arg == "FILE" else arg for arg in command]
-    result = hub.run("--redis-url", url, *args, input="a line\n")
+    result = hub.run("--redis-url", url, *args, input="a line\n", env=UNREACHABLE)
     line = assert_one_line_error(result)
     assert line == f"sse-publish: error: cannot reach Redis at {url}: Connection refused"
 
@@ -495,7 +503,9 @@ def test_unreachable_redis_is_reported_before_any_input(
 ) -> None:
     url = f"redis://127.0.0.1:{free_port()}"
     args = [str(tmp_path / "app.log") if arg == "FILE" else arg for arg in command]
-    process = hub.start("--redis-url", url, *args)  # stdin stays open, the file stays empty
+    process = hub.start(
+        "--redis-url", url, *args, env=UNREACHABLE
+    )  # stdin stays open, the file stays empty
     try:
         result = finish(process)
     finally:
@@ -506,7 +516,7 @@ def test_unreachable_redis_is_reported_before_any_input(
 
 def test_the_password_is_not_shown(hub: Hub) -> None:
     url = f"redis://user:s3cret@127.0.0.1:{free_port()}/0"
-    result = hub.run("send", "t", "x", "--redis-url", url)
+    result = hub.run("send", "t", "x", "--redis-url", url, env=UNREACHABLE)
     assert_one_line_error(result, "redis://user:***@127.0.0.1")
     assert "s3cret" not in result.stderr
 
@@ -514,7 +524,7 @@ def test_the_password_is_not_shown(hub: Hub) -> None:
 def test_retry_gives_up_after_backoff(hub: Hub) -> None:
     url = f"redis://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    result = hub.run("send", "t", "x", "--retry", "2", "--redis-url", url)
+    result = hub.run("send", "t", "x", "--retry", "2", "--redis-url", url, env=UNREACHABLE)
     elapsed = time.monotonic() - started
     assert_one_line_error(result, f"cannot reach Redis at {url}", "gave up after 2 retries")
     assert elapsed >= 0.3  # at least half of 0.2 s + 0.4 s
@@ -626,4 +636,3 @@ def test_bad_settings_in_the_environment(hub: Hub) -> None:
 )  # fmt: skip
 def test_usage_errors_exit_2(hub: Hub, args: list[str], fragment: str) -> None:
     assert_usage_error(hub.run(*args), fragment)
-

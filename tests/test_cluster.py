@@ -13,13 +13,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from failover import WaitingPublisher, listen_everywhere
+from processes import ClusterProcesses, Gateways, RedisServer, wait_until
+from sse_client import Listener, ReconnectingListener, connected, metric, publisher
 
-from failover import WaitingPublisher, listen_everywhere, settle_and_tally
 from hub.acl import gateway_rules, publisher_rules, setuser
 from hub.topics import Keys
-from processes import Gateways, RedisServer
-from redis_topologies import ClusterProcesses
-from sse_client import Listener, ReconnectingListener, connected, metric, publisher
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +29,9 @@ def cluster() -> Iterator[ClusterProcesses]:
         yield started
 
 
-def spread_topics(cluster: ClusterProcesses, key_prefix: str, per_primary: int) -> dict[int, list[str]]:
+def spread_topics(
+    cluster: ClusterProcesses, key_prefix: str, per_primary: int
+) -> dict[int, list[str]]:
     """Topic names, `per_primary` owned by each primary, keyed by the primary's port."""
     keys = Keys(key_prefix)
     owned: dict[int, list[str]] = {}
@@ -116,8 +117,8 @@ async def test_a_primary_fails_over_mid_stream_and_no_acknowledged_event_is_lost
     clients = await listen_everywhere(hubs, topics)
 
     steady = WaitingPublisher(cluster.url, key_prefix, topics, rate=300, wait_replicas=1)
-    publishing = asyncio.create_task(steady.run(seconds=10))
-    await asyncio.sleep(2.5)
+    publishing = asyncio.create_task(steady.run())
+    await steady.wait_acknowledged(10)  # mid-stream: every topic has events out before the fault
     victim = next(s for s in cluster.servers if s.port == next(iter(owned)))
     victim.kill() if fault == "killed" else victim.freeze()
     killed_at = time.monotonic()
@@ -127,24 +128,34 @@ async def test_a_primary_fails_over_mid_stream_and_no_acknowledged_event_is_lost
     # waiting for a replica works again.
     await asyncio.to_thread(victim.start if fault == "killed" else victim.thaw)
     await asyncio.to_thread(cluster.wait_healthy)
+    # Publishing goes on after the recovery: 10 more events on every topic, the moved ones too.
+    await steady.wait_acknowledged(steady.least_acknowledged() + 10)
+    steady.stop()
     await publishing
     with capsys.disabled():
         print(f"\n[cluster failover, primary {fault}] a replica took over {took_over:.1f} s after")
     keys = Keys(key_prefix)
     for topic in owned[victim.port]:
-        assert cluster.primary_of(keys.stream(topic)).port != victim.port
-    await settle_and_tally(clients, steady, f"cluster failover, primary {fault}", capsys)
-    assert all(len(events) > 10 for events in steady.acknowledged.values())
+        assert cluster.primary_of(keys.stream(topic)).port != victim.port, (
+            f"{topic} still on the victim"
+        )
+    await steady.settle_and_count(clients, f"cluster failover, primary {fault}", capsys)
+    assert steady.least_acknowledged() > 10, f"{steady.acknowledged}"
     async with httpx.AsyncClient() as http:
         for hub in hubs:
-            assert f"redis node 127.0.0.1:{victim.port} is no longer a primary" in hub.log_text()
+            assert f"redis node 127.0.0.1:{victim.port} is no longer a primary" in hub.log_text(), (
+                hub.log_tail()
+            )
             text = (await http.get(f"{hub.url}/metrics")).text
-            assert metric(text, "hub_redis_primaries") == 3
-            assert metric(text, "hub_redis_topic_moves_total") >= len(owned[victim.port])
+            assert metric(text, "hub_redis_primaries") == 3, text
+            assert metric(text, "hub_redis_topic_moves_total") >= len(owned[victim.port]), text
 
 
 async def test_a_topic_whose_slot_migrates_keeps_its_events_in_order(
-    cluster: ClusterProcesses, gateway: Gateways, key_prefix: str, capsys: pytest.CaptureFixture[str]
+    cluster: ClusterProcesses,
+    gateway: Gateways,
+    key_prefix: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     owned = spread_topics(cluster, key_prefix, per_primary=1)
     topic = owned[next(iter(owned))][0]
@@ -152,26 +163,29 @@ async def test_a_topic_whose_slot_migrates_keeps_its_events_in_order(
     hub = gateway(redis_url=cluster.url)
     clients = await connected([ReconnectingListener(hub.url, [topic]).start() for _ in range(3)])
     steady = WaitingPublisher(cluster.url, key_prefix, [topic], rate=100, wait_replicas=1)
-    publishing = asyncio.create_task(steady.run(seconds=5))
-    await asyncio.sleep(1.5)
+    publishing = asyncio.create_task(steady.run())
+    await steady.wait_acknowledged(20)
     source = cluster.primary_of(keys.stream(topic))
     target = next(s for s in cluster.servers if s.port in owned and s is not source)
     await asyncio.to_thread(migrate_slot, source, target, keys.stream(topic))
+    await steady.wait_acknowledged(steady.least_acknowledged() + 20)  # and on, after the move
+    steady.stop()
     await publishing
-    with target.client() as client:
-        asked = client.info("commandstats").get("cmdstat_asking", {}).get("calls", 0)
-    assert asked > 0, "publishes during the migration were sent on with ASKING"
+    assert asked(target) > 0, "publishes during the migration were sent on with ASKING"
     assert cluster.primary_of(keys.stream(topic)) is target
     for server, subscribed in ((source, 0), (target, 1)):
         with server.client() as client:
             assert dict(client.pubsub_shardnumsub(keys.channel(topic))) == {
                 keys.channel(topic).encode(): subscribed
             }, "the gateway followed the slot"
-    await settle_and_tally(clients, steady, "slot migration", capsys)
+    await steady.settle_and_count(clients, "slot migration", capsys)
 
 
 async def test_a_manual_failover_moves_subscriptions_off_the_demoted_primary(
-    cluster: ClusterProcesses, gateway: Gateways, key_prefix: str, capsys: pytest.CaptureFixture[str]
+    cluster: ClusterProcesses,
+    gateway: Gateways,
+    key_prefix: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`CLUSTER FAILOVER`: the old primary lives on as a replica and drops its shard channels."""
     owned = spread_topics(cluster, key_prefix, per_primary=2)
@@ -183,18 +197,40 @@ async def test_a_manual_failover_moves_subscriptions_off_the_demoted_primary(
         [ReconnectingListener(hub.url, [topic]).start() for topic in topics for _ in range(2)]
     )
     steady = WaitingPublisher(cluster.url, key_prefix, topics, rate=100, wait_replicas=1)
-    publishing = asyncio.create_task(steady.run(seconds=5))
-    await asyncio.sleep(1.5)
+    publishing = asyncio.create_task(steady.run())
+    await steady.wait_acknowledged(20)
     old = next(s for s in cluster.servers if s.port == old_port)
     replica = cluster.replica_of(old)
     with replica.client() as client:
         client.execute_command("CLUSTER FAILOVER")
+    await asyncio.to_thread(
+        wait_until,
+        lambda: cluster.primary_of(keys.stream(topics[0])) is replica,
+        30,
+        f"port {replica.port} to take over from port {old_port}",
+    )
+
+    def subscribed_on_replica() -> dict[bytes, int]:
+        with replica.client() as client:
+            return dict(client.pubsub_shardnumsub(*(keys.channel(t) for t in topics)))
+
+    await asyncio.to_thread(
+        wait_until,
+        lambda: set(subscribed_on_replica().values()) == {1},
+        10,
+        "the gateway to subscribe on the promoted replica",
+        observe=subscribed_on_replica,
+    )
+    await steady.wait_acknowledged(steady.least_acknowledged() + 20)  # and on, after the switch
+    steady.stop()
     await publishing
-    assert cluster.primary_of(keys.stream(topics[0])) is replica
-    with replica.client() as client:
-        counts = dict(client.pubsub_shardnumsub(*(keys.channel(t) for t in topics)))
-    assert set(counts.values()) == {1}, "the gateway subscribes on the promoted replica"
-    await settle_and_tally(clients, steady, "cluster manual failover", capsys)
+    await steady.settle_and_count(clients, "cluster manual failover", capsys)
+
+
+def asked(server: RedisServer) -> int:
+    """How many ASKING commands `server` has had (a client sent on by an ASK redirection)."""
+    with server.client() as client:
+        return int(client.info("commandstats").get("cmdstat_asking", {}).get("calls", 0))
 
 
 def migrate_slot(source: RedisServer, target: RedisServer, key: str) -> None:
@@ -207,7 +243,13 @@ def migrate_slot(source: RedisServer, target: RedisServer, key: str) -> None:
         src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
         while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
             src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
-        time.sleep(0.5)  # the stream has moved, the slot not yet: publishes are answered with ASK
+        # The stream has moved, the slot not yet: publishes are answered with ASK until then.
+        wait_until(
+            lambda: asked(target) >= 3,
+            10,
+            f"publishes sent to port {target.port} with ASKING",
+            observe=lambda: f"{asked(target)} ASKING calls",
+        )
         for client in (dst, src):
             client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
 
@@ -227,7 +269,10 @@ async def test_least_privilege_users_work_on_a_cluster(
     async with publisher(publishing, key_prefix, publish_wait_replicas=1) as pub:
         first = [await pub.publish(topic, "before") for topic in topics]
         clients = [Listener(hub.url, [topic]).start() for topic in topics]
-        resumed = [Listener(hub.url, [t], last_event_id=i).start() for t, i in zip(topics, first, strict=True)]
+        resumed = [
+            Listener(hub.url, [t], last_event_id=i).start()
+            for t, i in zip(topics, first, strict=True)
+        ]
         for client in [*clients, *resumed]:
             await client.wait_connected()
         for topic in topics:

@@ -7,16 +7,21 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from processes import REPO_ROOT, require_tool
-from topology import nginx_config
+from processes import REPO_ROOT, nginx_config, require_tool
 
 
 def test_the_compose_file_follows_the_compose_specification() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-         str(REPO_ROOT / "docker-compose.yml")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(REPO_ROOT / "docker-compose.yml"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

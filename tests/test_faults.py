@@ -8,6 +8,8 @@ prints its counts of lost and duplicated events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,12 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from processes import Gateway, Gateways, Nginx, RedisServers, wait_until_async
+from sse_client import ReconnectingListener, connected, metric, settle_and_count
 
 from hub.config import Settings
-from processes import Gateway, Gateways
 from publisher import AsyncPublisher
-from sse_client import ReconnectingListener, connected, count_losses
-from topology import Nginx
 
 pytestmark = pytest.mark.anyio
 
@@ -45,13 +46,19 @@ class Topology:
         return new
 
 
+MakeTopology = Callable[..., Topology]
+"""`topology(count=3, *, url=None)`: gateways on one Redis, nginx in front of them."""
+
+
 @pytest.fixture
-def topology(gateway: Gateways, tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[Callable[..., Topology]]:
+def topology(
+    gateway: Gateways, tmp_path: Path, redis_url: str, key_prefix: str
+) -> Iterator[MakeTopology]:
     started: list[Nginx] = []
 
-    def make(count: int = 3, *, url: str | None = None, wait_ready: bool = True) -> Topology:
+    def make(count: int = 3, *, url: str | None = None) -> Topology:
         env = dict(FAST_RECONNECT)
-        gateways = [gateway(env, redis_url=url or redis_url, wait_ready=wait_ready) for _ in range(count)]
+        gateways = gateway.many(count, env, redis_url=url or redis_url)
         nginx = Nginx(tmp_path / f"nginx{len(started)}", gateways).start()
         started.append(nginx)
         return Topology(gateways, nginx, gateway, env, url or redis_url, key_prefix)
@@ -63,7 +70,7 @@ def topology(gateway: Gateways, tmp_path: Path, redis_url: str, key_prefix: str)
 
 @dataclass
 class SteadyPublisher:
-    """Publishes numbered events at a steady rate; keeps what Redis acknowledged."""
+    """Publishes numbered events (`<topic>#<n>`) at a steady rate; keeps what Redis acknowledged."""
 
     redis_url: str
     key_prefix: str
@@ -72,121 +79,207 @@ class SteadyPublisher:
     first: int = 0
     acknowledged: list[str] = field(default_factory=list)
     refused: int = 0
+    errors: set[str] = field(default_factory=set)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def run(self, count: int) -> None:
+    async def run(self, count: int | None = None) -> None:
+        """Publish `count` events, or until stop()."""
         settings = Settings(redis_url=self.redis_url, key_prefix=self.key_prefix)
         async with AsyncPublisher(settings) as hub:
             started = time.monotonic()
-            for n in range(count):
-                data = str(self.first + n)
+            n = 0
+            while (count is None or n < count) and not self._stop.is_set():
+                data = f"{self.topic}#{self.first + n}"
                 try:
                     await hub.publish(self.topic, data)
                     self.acknowledged.append(data)
-                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                     self.refused += 1  # an error the publisher sees: never a silent loss
-                delay = started + (n + 1) / self.rate - time.monotonic()
+                    self.errors.add(type(exc).__name__)
+                n += 1
+                delay = started + n / self.rate - time.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), delay)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def wait_acknowledged(self, count: int, within: float = 30.0) -> None:
+        await wait_until_async(
+            lambda: len(self.acknowledged) >= count,
+            within,
+            f"{count} acknowledged events",
+            observe=lambda: f"{len(self.acknowledged)} acknowledged, {self.refused} refused",
+        )
+
+    async def settle_and_count(
+        self,
+        clients: list[ReconnectingListener],
+        label: str,
+        capsys: pytest.CaptureFixture[str],
+        *also: SteadyPublisher,
+    ) -> None:
+        """Every client got every event acknowledged (here, then in `also`) once, in order."""
+        acknowledged = self.acknowledged + [data for other in also for data in other.acknowledged]
+        await settle_and_count(
+            clients,
+            {self.topic: acknowledged},
+            label,
+            capsys,
+            redis_url=self.redis_url,
+            key_prefix=self.key_prefix,
+            refused=self.refused + sum(other.refused for other in also),
+            errors=sorted(self.errors.union(*(other.errors for other in also))),
+        )
 
 
-async def connect_clients(url: str, count: int, topic: str = "faults") -> list[ReconnectingListener]:
+async def connect_clients(
+    url: str, count: int, topic: str = "faults"
+) -> list[ReconnectingListener]:
     return await connected([ReconnectingListener(url, [topic]).start() for _ in range(count)])
 
 
-async def settle_and_count(
-    clients: list[ReconnectingListener], expected: list[str], label: str, capsys: pytest.CaptureFixture[str]
+def number(data: str) -> int:
+    return int(data.rpartition("#")[2])
+
+
+async def publish_until_everyone_is_past(
+    steady: SteadyPublisher,
+    clients: list[ReconnectingListener],
+    more: int = 30,
+    within: float = 30.0,
 ) -> None:
-    """Wait until every client has every event, then report and check the counts."""
-    try:
-        await asyncio.gather(*(client.wait_for(len(expected), timeout=60) for client in clients))
-    except TimeoutError:
-        pass
-    await asyncio.sleep(0.5)  # a duplicate would arrive now
-    totals = [count_losses(expected, client.data) for client in clients]
-    lost = sum(t[0] for t in totals)
-    duplicated = sum(t[1] for t in totals)
-    reconnects = sum(client.connections - 1 for client in clients)
-    for client in clients:
-        await client.close()
-    with capsys.disabled():
-        print(
-            f"\n[{label}] {len(clients)} clients x {len(expected)} events: "
-            f"lost={lost} duplicated={duplicated} out_of_order={sum(not t[2] for t in totals)} "
-            f"reconnects={reconnects}"
-        )
-    assert lost == 0 and duplicated == 0 and all(t[2] for t in totals)
+    """Go on publishing until every client received `more` events published from now on: a
+    client cut off by a fault is back (or never left), and receiving; then stop publishing.
+
+    Fails when no further client gets there for `within` s."""
+    mark = steady.first + len(steady.acknowledged) + steady.refused + more
+
+    def past(client: ReconnectingListener) -> bool:
+        return bool(client.data) and number(client.data[-1]) >= mark
+
+    await wait_until_async(
+        lambda: all(past(client) for client in clients),
+        within,
+        f"every client to receive event {mark} (publishing goes on meanwhile)",
+        observe=lambda: (
+            f"{sum(not past(c) for c in clients)} clients are not there; "
+            f"{len(steady.acknowledged)} acknowledged, {steady.refused} refused"
+        ),
+        progress=lambda: sum(past(client) for client in clients),
+    )
+    steady.stop()
 
 
-async def test_a_killed_gateway_loses_no_client_any_event(topology, redis_url, key_prefix, capsys) -> None:
+async def readyz_is(http: httpx.AsyncClient, gateway: Gateway, status: int) -> bool:
+    return (await http.get(f"{gateway.url}/readyz")).status_code == status
+
+
+async def test_a_killed_gateway_loses_no_client_any_event(
+    topology: MakeTopology, redis_url: str, key_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     net = topology()
     clients = await connect_clients(net.nginx.url, 30)
     steady = SteadyPublisher(redis_url, key_prefix)
-    publishing = asyncio.create_task(steady.run(500))
-    await asyncio.sleep(1.5)
+    publishing = asyncio.create_task(steady.run())
+    await steady.wait_acknowledged(50)  # the clients are receiving when their gateway dies
     net.gateways[0].kill()
+    await publish_until_everyone_is_past(steady, clients)
     await publishing
-    await settle_and_count(clients, steady.acknowledged, "gateway SIGKILL", capsys)
-    assert steady.refused == 0
-    assert sum(client.connections for client in clients) > len(clients), "some clients had to move"
+    await steady.settle_and_count(clients, "gateway SIGKILL", capsys)
+    assert steady.refused == 0, f"{steady.refused} publishes refused with Redis up"
+    moved = sum(client.connections for client in clients) - len(clients)
+    assert moved > 0, "some clients had to move"
 
 
-async def test_a_rolling_restart_loses_and_repeats_nothing(topology, redis_url, key_prefix, capsys) -> None:
+async def test_a_rolling_restart_loses_and_repeats_nothing(
+    topology: MakeTopology, redis_url: str, key_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     net = topology()
     clients = await connect_clients(net.nginx.url, 30)
     steady = SteadyPublisher(redis_url, key_prefix)
-    publishing = asyncio.create_task(steady.run(700))
+    publishing = asyncio.create_task(steady.run())
     for index in range(len(net.gateways)):
-        await asyncio.sleep(0.8)
+        await steady.wait_acknowledged(len(steady.acknowledged) + 30)  # publishing, and received
         code = await asyncio.to_thread(net.gateways[index].terminate, 10)
-        assert code == 0
+        assert code == 0, (
+            f"gateway {index} exited with {code} on SIGTERM:\n{net.gateways[index].log_tail()}"
+        )
         await asyncio.to_thread(net.replace, index)
+    await publish_until_everyone_is_past(steady, clients)
     await publishing
-    await settle_and_count(clients, steady.acknowledged, "rolling restart", capsys)
-    assert sum(client.connections for client in clients) > len(clients) + 20, "clients moved"
+    await steady.settle_and_count(clients, "rolling restart", capsys)
+    moved = sum(client.connections for client in clients) - len(clients)
+    assert moved > 20, f"only {moved} reconnections while every gateway restarted"
 
 
-async def test_a_redis_restart_is_survived_with_a_backfill(topology, private_redis, key_prefix, capsys) -> None:
+async def test_a_redis_restart_is_survived_with_a_backfill(
+    topology: MakeTopology,
+    private_redis: RedisServers,
+    key_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     server = private_redis(persistent=True)
     net = topology(url=server.url)
     clients = await connect_clients(net.nginx.url, 20)
     steady = SteadyPublisher(server.url, key_prefix, rate=50)
-    publishing = asyncio.create_task(steady.run(300))
-    await asyncio.sleep(1.5)
+    publishing = asyncio.create_task(steady.run())
+    await steady.wait_acknowledged(25)
     server.kill()
     async with httpx.AsyncClient() as http:
-        deadline = time.monotonic() + 10
-        while (await http.get(f"{net.gateways[0].url}/readyz")).status_code != 503:
-            assert time.monotonic() < deadline, "readyz kept saying ready with Redis down"
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)
+        await wait_until_async(
+            lambda: readyz_is(http, net.gateways[0], 503),
+            10,
+            "readyz to say 503 with Redis down",
+            observe=net.gateways[0].log_tail,
+        )
+        # Redis stays down until publishing has failed loudly.
+        await wait_until_async(
+            lambda: steady.refused,
+            20,
+            "a publish refused with Redis down",
+            observe=lambda: f"{len(steady.acknowledged)} acknowledged",
+        )
         await asyncio.to_thread(server.start)
-        deadline = time.monotonic() + 20
         for gateway in net.gateways:
-            while (await http.get(f"{gateway.url}/readyz")).status_code != 200:
-                assert time.monotonic() < deadline, gateway.log_tail()
-                await asyncio.sleep(0.1)
+            await wait_until_async(
+                functools.partial(readyz_is, http, gateway, 200),
+                20,
+                f"readyz of {gateway.url} to say 200 after Redis is back",
+                observe=gateway.log_tail,
+            )
+    await publish_until_everyone_is_past(steady, clients)
     await publishing
-    assert steady.refused > 0, "publishing while Redis was down failed loudly"
-    await settle_and_count(clients, steady.acknowledged, "redis restart", capsys)
-    assert all("redis subscription lost" in gateway.log_text() for gateway in net.gateways)
+    await steady.settle_and_count(clients, "redis restart", capsys)
+    for gateway in net.gateways:
+        assert "redis subscription lost" in gateway.log_text(), gateway.log_tail()
 
 
-async def test_a_gateway_starts_without_redis_and_serves_once_it_answers(gateway, private_redis, key_prefix) -> None:
+async def test_a_gateway_starts_without_redis_and_serves_once_it_answers(
+    gateway: Gateways, private_redis: RedisServers, key_prefix: str
+) -> None:
     server = private_redis()
     server.stop()
-    hub = gateway(FAST_RECONNECT, redis_url=server.url)
+    # A stream asked for while Redis is down is answered once the gateway gave up reaching
+    # it, after HUB_REDIS_TIMEOUT_SECONDS (5 s by default).
+    hub = gateway({**FAST_RECONNECT, "HUB_REDIS_TIMEOUT_SECONDS": "1"}, redis_url=server.url)
     async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
         assert (await http.get("/healthz")).status_code == 200
         not_ready = await http.get("/readyz")
-        assert not_ready.status_code == 503 and "redis" in not_ready.text
+        assert not_ready.status_code == 503 and "redis" in not_ready.text, not_ready.text
         early = await http.get("/events", params={"topic": "faults"})
-        assert early.status_code == 200 and early.headers["hub-unavailable"] == "redis"
-        assert "retry:" in early.text, "a browser is told to come back"
+        assert early.status_code == 200 and early.headers["hub-unavailable"] == "redis", (
+            early.headers
+        )
+        assert "retry:" in early.text, f"a browser is told to come back: {early.text!r}"
         await asyncio.to_thread(server.start)
-        deadline = time.monotonic() + 20
-        while (await http.get("/readyz")).status_code != 200:
-            assert time.monotonic() < deadline, hub.log_tail()
-            await asyncio.sleep(0.1)
+        await wait_until_async(
+            lambda: readyz_is(http, hub, 200),
+            20,
+            "readyz to say 200 once Redis answers",
+            observe=hub.log_tail,
+        )
     [client] = await connect_clients(hub.url, 1)
     steady = SteadyPublisher(server.url, key_prefix)
     await steady.run(20)
@@ -196,7 +289,7 @@ async def test_a_gateway_starts_without_redis_and_serves_once_it_answers(gateway
 
 
 async def test_a_reconnect_storm_is_absorbed_with_shared_history_reads(
-    topology, redis_url, key_prefix, capsys
+    topology: MakeTopology, redis_url: str, key_prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     net = topology(2)
     clients = await connect_clients(net.nginx.url, 160)
@@ -209,16 +302,20 @@ async def test_a_reconnect_storm_is_absorbed_with_shared_history_reads(
     started = time.monotonic()
     await missed.run(500)
     expected = steady.acknowledged + missed.acknowledged
-    await asyncio.gather(*(client.wait_for(len(expected), timeout=60) for client in clients))
+    await asyncio.gather(*(client.wait_for(len(expected), within=60) for client in clients))
     caught_up = time.monotonic() - started
     async with httpx.AsyncClient() as http:
-        metrics = (await http.get(f"{survivor.url}/metrics")).text
-    reads = float(next(line.split()[1] for line in metrics.splitlines()
-                        if line.startswith("hub_history_reads_total")))
+        reads = metric((await http.get(f"{survivor.url}/metrics")).text, "hub_history_reads_total")
     moved = sum(1 for client in clients if client.connections > 1)
     with capsys.disabled():
-        print(f"\n[reconnect storm] {moved} clients moved to the survivor; all {len(clients)} caught up "
-              f"{caught_up:.2f} s after the kill; history reads on the survivor: {reads:.0f}")
-    await settle_and_count(clients, expected, "reconnect storm", capsys)
-    assert moved > 40
-    assert reads < moved, "history reads are shared between clients resuming from the same cursor"
+        print(
+            f"\n[reconnect storm] {moved} clients moved to the survivor; "
+            f"all {len(clients)} caught up "
+            f"{caught_up:.2f} s after the kill; history reads on the survivor: {reads:.0f}"
+        )
+    await steady.settle_and_count(clients, "reconnect storm", capsys, missed)
+    assert moved > 40, f"only {moved} of {len(clients)} clients moved to the survivor"
+    assert reads < moved, (
+        f"{reads:.0f} history reads for {moved} clients: reads are shared between clients resuming "
+        "from the same cursor"
+    )

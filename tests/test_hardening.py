@@ -14,8 +14,9 @@ import json
 import resource
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import jwt
@@ -23,10 +24,11 @@ import pytest
 import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from processes import Gateways, wait_until
+from sse_client import Listener, metric, publisher
 
 from hub.events import InvalidEvent
 from hub.topics import Keys
-from sse_client import Listener, metric, publisher
 
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 MIB = 1024 * 1024
@@ -49,12 +51,20 @@ def metrics_of(url: str) -> str:
     return httpx.get(url + "/metrics", timeout=10).text
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
+def slow_disconnects(url: str) -> float:
+    return metric(metrics_of(url), "hub_slow_client_disconnects_total")
+
+
+class PeakRss:
+    """The highest resident memory of a process seen by sample()."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.mib = rss_mib(pid)
+
+    def sample(self) -> bool:
+        self.mib = max(self.mib, rss_mib(self.pid))
+        return True
 
 
 def non_reading_socket(port: int) -> socket.socket:
@@ -127,7 +137,9 @@ async def fill(redis_url: str, key_prefix: str, topic: str, events: int, size: i
             await pub.publish(topic, f"{n:06d}" + "x" * (size - 6))
 
 
-def test_resuming_clients_that_never_read_hold_no_more_than_their_bound(gateway, redis_url, key_prefix) -> None:
+def test_resuming_clients_that_never_read_hold_no_more_than_their_bound(
+    gateway: Gateways, redis_url: str, key_prefix: str
+) -> None:
     """Finding 1: 50 never-reading resumes of 1,000 events of 10 KB (10 MB of history each).
 
     Before: +466 MiB and never dropped. Bound: the gateway grows by under 80 MiB while
@@ -140,21 +152,30 @@ def test_resuming_clients_that_never_read_hold_no_more_than_their_bound(gateway,
     with sockets() as stuck:
         for _ in range(50):
             sock = non_reading_socket(hub.port)
-            sock.sendall(b"GET /events?topic=history&last_event_id=0-0 HTTP/1.1\r\nHost: hub\r\n\r\n")
+            sock.sendall(
+                b"GET /events?topic=history&last_event_id=0-0 HTTP/1.1\r\nHost: hub\r\n\r\n"
+            )
             stuck.append(sock)
-        peak = before
-        deadline = time.monotonic() + 30
-        while metric(metrics_of(hub.url), "hub_slow_client_disconnects_total") < 50:
-            peak = max(peak, rss_mib(hub.pid))
-            assert time.monotonic() < deadline, "the stalled clients were dropped as slow"
-            time.sleep(0.1)
-        assert peak - before < 80, f"RSS grew by {peak - before:.0f} MiB (bound 80 MiB)"
-        wait_until(lambda: server_connections(hub.port) == 0, 10, "the gateway closed their sockets")
+        peak = PeakRss(hub.pid)
+        wait_until(
+            lambda: peak.sample() and slow_disconnects(hub.url) >= 50,
+            30,
+            "the 50 stalled clients dropped as slow",
+            observe=lambda: f"{slow_disconnects(hub.url):.0f} dropped",
+            interval=0.1,
+        )
+        assert peak.mib - before < 80, f"RSS grew by {peak.mib - before:.0f} MiB (bound 80 MiB)"
+        wait_until(
+            lambda: server_connections(hub.port) == 0, 10, "the gateway closed their sockets"
+        )
     assert hub.returncode is None
 
 
-def test_a_resume_on_many_topics_holds_a_page_per_topic_at_most_its_bound(gateway, redis_url, key_prefix) -> None:
-    """Finding 1, several topics: 10 never-reading connections on 8 topics each (+1,014 MiB before)."""
+def test_a_resume_on_many_topics_holds_a_page_per_topic_at_most_its_bound(
+    gateway: Gateways, redis_url: str, key_prefix: str
+) -> None:
+    """Finding 1, several topics: 10 never-reading connections on 8 topics each (+1,014 MiB
+    before)."""
     hub = gateway({"HUB_CLIENT_STALL_SECONDS": "2"})
     topics = [f"t{n}" for n in range(8)]
 
@@ -168,19 +189,27 @@ def test_a_resume_on_many_topics_holds_a_page_per_topic_at_most_its_bound(gatewa
     with sockets() as stuck:
         for _ in range(10):
             sock = non_reading_socket(hub.port)
-            sock.sendall(f"GET /events?{query}&last_event_id={cursor} HTTP/1.1\r\nHost: hub\r\n\r\n".encode())
+            sock.sendall(
+                f"GET /events?{query}&last_event_id={cursor} HTTP/1.1\r\nHost: hub\r\n\r\n".encode()
+            )
             stuck.append(sock)
-        peak = before
-        deadline = time.monotonic() + 30
-        while metric(metrics_of(hub.url), "hub_slow_client_disconnects_total") < 10:
-            peak = max(peak, rss_mib(hub.pid))
-            assert time.monotonic() < deadline, "the stalled clients were dropped as slow"
-            time.sleep(0.1)
-        assert peak - before < 80, f"RSS grew by {peak - before:.0f} MiB (bound 80 MiB)"
-        wait_until(lambda: server_connections(hub.port) == 0, 10, "the gateway closed their sockets")
+        peak = PeakRss(hub.pid)
+        wait_until(
+            lambda: peak.sample() and slow_disconnects(hub.url) >= 10,
+            30,
+            "the 10 stalled clients dropped as slow",
+            observe=lambda: f"{slow_disconnects(hub.url):.0f} dropped",
+            interval=0.1,
+        )
+        assert peak.mib - before < 80, f"RSS grew by {peak.mib - before:.0f} MiB (bound 80 MiB)"
+        wait_until(
+            lambda: server_connections(hub.port) == 0, 10, "the gateway closed their sockets"
+        )
 
 
-def test_live_clients_dropped_as_slow_have_their_sockets_closed(gateway, redis_url, key_prefix) -> None:
+def test_live_clients_dropped_as_slow_have_their_sockets_closed(
+    gateway: Gateways, redis_url: str, key_prefix: str
+) -> None:
     """Finding 3: a slow client's slot was freed but its socket (and kernel buffers) stayed."""
     hub = gateway({"HUB_CLIENT_BUFFER_BYTES": "262144", "HUB_MAX_STREAMS_PER_CLIENT": "60"})
     with sockets() as slow:
@@ -188,7 +217,11 @@ def test_live_clients_dropped_as_slow_have_their_sockets_closed(gateway, redis_u
             sock = non_reading_socket(hub.port)
             sock.sendall(b"GET /events?topic=live HTTP/1.1\r\nHost: hub\r\n\r\n")
             slow.append(sock)
-        wait_until(lambda: metric(metrics_of(hub.url), "hub_connected_clients") >= 50, 10, "50 clients attached")
+        wait_until(
+            lambda: metric(metrics_of(hub.url), "hub_connected_clients") >= 50,
+            10,
+            "50 clients attached",
+        )
 
         async def publish_until_dropped() -> None:
             async with publisher(redis_url, key_prefix) as pub:
@@ -200,7 +233,9 @@ def test_live_clients_dropped_as_slow_have_their_sockets_closed(gateway, redis_u
 
         asyncio.run(publish_until_dropped())
         assert metric(metrics_of(hub.url), "hub_slow_client_disconnects_total") >= 50
-        wait_until(lambda: server_connections(hub.port) == 0, 10, "the gateway closed their sockets")
+        wait_until(
+            lambda: server_connections(hub.port) == 0, 10, "the gateway closed their sockets"
+        )
         # The slots are free again: 50 new streams from the same address are accepted.
         with httpx.Client(base_url=hub.url, timeout=5) as http:
             with http.stream("GET", "/events", params={"topic": "live"}) as response:
@@ -210,12 +245,14 @@ def test_live_clients_dropped_as_slow_have_their_sockets_closed(gateway, redis_u
 # -- 2: a publish is authenticated before its body is read, and parsed within bounds -----------
 
 
-def test_an_unauthenticated_publish_is_refused_before_its_body_is_read(gateway) -> None:
+def test_an_unauthenticated_publish_is_refused_before_its_body_is_read(gateway: Gateways) -> None:
     """Finding 2: 200 bad-token publishes of 6 MB bodies took the gateway from 92 to 1,369 MiB."""
     hub = gateway({"HUB_JWT_KEY": SECRET, "HUB_PRIVATE_TOPICS": "user/*"})
     before = rss_mib(hub.pid)
-    head = (b"POST /publish HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer not-a-token\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 6000000\r\n\r\n")
+    head = (
+        b"POST /publish HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer not-a-token\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 6000000\r\n\r\n"
+    )
     with sockets() as clients:
         for _ in range(100):
             sock = socket.create_connection(("127.0.0.1", hub.port))
@@ -241,22 +278,38 @@ def test_an_unauthenticated_publish_is_refused_before_its_body_is_read(gateway) 
         (b'{"topic": "news", "data": [' + b"1," * 20_000 + b"1]}", 413, "over 10000"),
     ],
 )
-def test_json_bodies_are_measured_before_they_are_parsed(gateway, body: bytes, status: int, reason: str) -> None:
-    """Finding 2: deep nesting gave 500 with a RecursionError; 6 MB of `{}` held the loop for a second."""
+def test_json_bodies_are_measured_before_they_are_parsed(
+    gateway: Gateways, body: bytes, status: int, reason: str
+) -> None:
+    """Finding 2: deep nesting gave 500 with a RecursionError; 6 MB of `{}` held the loop for a
+    second."""
     hub = gateway({"HUB_PUBLISH_TOKEN": "token"})
-    response = httpx.post(hub.url + "/publish", content=body, timeout=30,
-                          headers={"Authorization": "Bearer token", "Content-Type": "application/json"})
+    response = httpx.post(
+        hub.url + "/publish",
+        content=body,
+        timeout=30,
+        headers={"Authorization": "Bearer token", "Content-Type": "application/json"},
+    )
     assert response.status_code == status and reason in response.text, response.text
     no_traceback_in(hub.log_text())
 
 
-def test_a_large_string_is_still_accepted(gateway, redis_url, key_prefix) -> None:
+def test_a_large_string_is_still_accepted(
+    gateway: Gateways, redis_url: str, key_prefix: str
+) -> None:
     hub = gateway({"HUB_PUBLISH_TOKEN": "token"})
     data = "[{}]," * 200_000  # a megabyte of brackets inside a string is no structure
-    response = httpx.post(hub.url + "/publish", json={"topic": "news", "data": data}, timeout=30,
-                          headers={"Authorization": "Bearer token"})
+    response = httpx.post(
+        hub.url + "/publish",
+        json={"topic": "news", "data": data},
+        timeout=30,
+        headers={"Authorization": "Bearer token"},
+    )
     assert response.status_code == 200, response.text
-    [(_, fields)] = redis.Redis.from_url(redis_url).xrange(Keys(key_prefix).stream("news"))
+    [(_, fields)] = cast(
+        list[tuple[bytes, dict[bytes, bytes]]],
+        redis.Redis.from_url(redis_url).xrange(Keys(key_prefix).stream("news")),
+    )
     assert fields[b"d"].decode() == data
 
 
@@ -269,23 +322,27 @@ def stream_statuses(url: str, forwarded_for: list[str]) -> list[int]:
         http = open_streams.enter_context(httpx.Client(base_url=url, timeout=5))
         for address in forwarded_for:
             response = open_streams.enter_context(
-                http.stream("GET", "/events", params={"topic": "a"}, headers={"X-Forwarded-For": address})
+                http.stream(
+                    "GET", "/events", params={"topic": "a"}, headers={"X-Forwarded-For": address}
+                )
             )
             statuses.append(response.status_code)
     return statuses
 
 
-def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(gateway) -> None:
+def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(gateway: Gateways) -> None:
     """Finding 4: a local client spoofed 300 addresses past a limit of 50."""
     spoofed = [f"10.0.0.{n}" for n in range(6)]
     direct = gateway({"HUB_MAX_STREAMS_PER_CLIENT": "3"})
     assert stream_statuses(direct.url, spoofed) == [200, 200, 200, 429, 429, 429]
     behind_proxy = gateway({"HUB_MAX_STREAMS_PER_CLIENT": "3", "HUB_TRUSTED_PROXIES": "127.0.0.1"})
-    assert stream_statuses(behind_proxy.url, spoofed) == [200] * 6, "each forwarded client counted alone"
+    assert stream_statuses(behind_proxy.url, spoofed) == [200] * 6, (
+        "each forwarded client counted alone"
+    )
     assert stream_statuses(behind_proxy.url, ["10.0.0.9"] * 4) == [200, 200, 200, 429]
 
 
-def test_a_trusted_proxy_that_is_not_an_address_is_a_clear_error(gateway) -> None:
+def test_a_trusted_proxy_that_is_not_an_address_is_a_clear_error(gateway: Gateways) -> None:
     hub = gateway({"HUB_TRUSTED_PROXIES": "nginx"}, wait_ready=False)
     assert hub.wait(15) != 0
     assert "HUB_TRUSTED_PROXIES" in hub.log_text()
@@ -295,7 +352,7 @@ def test_a_trusted_proxy_that_is_not_an_address_is_a_clear_error(gateway) -> Non
 # -- 5: header caps while headers arrive, deadlines for headers and bodies ---------------------
 
 
-def test_headers_that_never_end_are_cut_off_at_the_cap(gateway) -> None:
+def test_headers_that_never_end_are_cut_off_at_the_cap(gateway: Gateways) -> None:
     """Finding 5: 8 connections sending 128 MiB of headers took the gateway from 82 to 1,097 MiB."""
     hub = gateway({"HUB_MAX_HEADER_BYTES": "16384"})
     before = rss_mib(hub.pid)
@@ -326,14 +383,22 @@ def test_headers_that_never_end_are_cut_off_at_the_cap(gateway) -> None:
     [
         (b"", "nothing at all"),
         (b"GET /events?topic=a HTTP/1.1\r\nHost: hub\r\n", "half a header block"),
-        (b"POST /publish HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer token\r\n"
-         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"topic\": ", "half a body"),
+        (
+            b"POST /publish HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer token\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"topic": ',
+            "half a body",
+        ),
     ],
 )
-def test_requests_that_stall_are_timed_out(gateway, sent: bytes, what: str) -> None:
+def test_requests_that_stall_are_timed_out(gateway: Gateways, sent: bytes, what: str) -> None:
     """Finding 5: 2,000 connections sending nothing, half a header block or half a body stayed."""
-    hub = gateway({"HUB_PUBLISH_TOKEN": "token", "HUB_REQUEST_HEADER_SECONDS": "1",
-                   "HUB_REQUEST_BODY_SECONDS": "1"})
+    hub = gateway(
+        {
+            "HUB_PUBLISH_TOKEN": "token",
+            "HUB_REQUEST_HEADER_SECONDS": "1",
+            "HUB_REQUEST_BODY_SECONDS": "1",
+        }
+    )
     with sockets() as stalled:
         for _ in range(200):
             sock = socket.create_connection(("127.0.0.1", hub.port))
@@ -341,11 +406,15 @@ def test_requests_that_stall_are_timed_out(gateway, sent: bytes, what: str) -> N
                 sock.sendall(sent)
             stalled.append(sock)
         answers = [response_of(sock, timeout=15) for sock in stalled]
-    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), f"{what}: {answers[0][:200]!r}"
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), (
+        f"{what}: {answers[0][:200]!r}"
+    )
     assert b"did not arrive within 1 s" in answers[0]
 
 
-def test_an_open_stream_is_not_timed_out(gateway, redis_url, key_prefix) -> None:
+def test_an_open_stream_is_not_timed_out(
+    gateway: Gateways, redis_url: str, key_prefix: str
+) -> None:
     """The deadlines are for requests: a stream that outlives them keeps streaming."""
     hub = gateway({"HUB_REQUEST_HEADER_SECONDS": "0.5", "HUB_REQUEST_BODY_SECONDS": "0.5"})
 
@@ -355,7 +424,7 @@ def test_an_open_stream_is_not_timed_out(gateway, redis_url, key_prefix) -> None
         await asyncio.sleep(1.5)
         async with publisher(redis_url, key_prefix) as pub:
             await pub.publish("long", "still here")
-        await listener.wait_for(1, timeout=10)
+        await listener.wait_for(1, within=10)
         await listener.close()
         assert listener.data == ["still here"]
 
@@ -381,7 +450,7 @@ def refusal_of(url: str, token: str) -> tuple[int, str, int, str]:
     return events.status_code, reason, published.status_code, published.text
 
 
-def test_a_token_of_another_key_type_is_a_401_not_a_500(gateway, tmp_path: Path) -> None:
+def test_a_token_of_another_key_type_is_a_401_not_a_500(gateway: Gateways, tmp_path: Path) -> None:
     """Finding 6: with RS256,ES256 and an RSA key, an ES256 token signed by anyone gave 500."""
     rsa_key = rsa.generate_private_key(65537, 2048)
     key_file = tmp_path / "public.pem"
@@ -392,8 +461,13 @@ def test_a_token_of_another_key_type_is_a_401_not_a_500(gateway, tmp_path: Path)
         ("RS256,ES256", jwt.encode(claims, attacker, algorithm="ES256")),
         ("RS256,HS256", jwt.encode(claims, "a" * 32, algorithm="HS256")),
     ]:
-        hub = gateway({"HUB_JWT_KEY": str(key_file), "HUB_JWT_ALGORITHMS": algorithms,
-                       "HUB_PRIVATE_TOPICS": "user/*"})
+        hub = gateway(
+            {
+                "HUB_JWT_KEY": str(key_file),
+                "HUB_JWT_ALGORITHMS": algorithms,
+                "HUB_PRIVATE_TOPICS": "user/*",
+            }
+        )
         status, reason, publish_status, publish_reason = refusal_of(hub.url, forged)
         assert (status, publish_status) == (401, 401), (reason, publish_reason)
         assert "not valid" in reason and "not valid" in publish_reason
@@ -402,30 +476,39 @@ def test_a_token_of_another_key_type_is_a_401_not_a_500(gateway, tmp_path: Path)
         no_traceback_in(hub.log_text())
 
 
-def test_a_token_whose_exp_is_not_a_number_is_refused(gateway) -> None:
+def test_a_token_whose_exp_is_not_a_number_is_refused(gateway: Gateways) -> None:
     """Finding 9: `"exp": "<now+3>"` passed, and its stream outlived it."""
     hub = gateway({"HUB_JWT_KEY": SECRET, "HUB_PRIVATE_TOPICS": "user/*"})
     now = int(time.time())
     for claim, value in (("exp", now + 3), ("nbf", now - 10), ("iat", now - 10)):
         claims = {"mercure": {"subscribe": ["*"], "publish": ["*"]}, claim: str(value)}
-        status, reason, publish_status, _ = refusal_of(hub.url, jwt.encode(claims, SECRET, algorithm="HS256"))
-        assert (status, publish_status) == (401, 401) and f"'{claim}' claim must be a number" in reason
+        status, reason, publish_status, _ = refusal_of(
+            hub.url, jwt.encode(claims, SECRET, algorithm="HS256")
+        )
+        assert (status, publish_status) == (
+            401,
+            401,
+        ) and f"'{claim}' claim must be a number" in reason
 
 
 # -- 7 and 8: what is read back from Redis is validated before it is framed --------------------
 
 
 def raw_entry(redis_url: str, key_prefix: str, topic: str, **fields: bytes) -> str:
-    """An entry written to a topic's stream by hand, as a buggy publisher would (no announcement)."""
+    """An entry written to a topic's stream by hand, as a buggy publisher would (no
+    announcement)."""
     client = redis.Redis.from_url(redis_url)
     stream = Keys(key_prefix).stream(topic)
-    last = client.xrevrange(stream, count=1)
+    last = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrevrange(stream, count=1))
     prev = last[0][0] if last else b"0-0"
-    return client.xadd(stream, {"p": prev, **fields}).decode()
+    entry: dict[Any, Any] = {"p": prev, **fields}
+    return cast(bytes, client.xadd(stream, entry)).decode()
 
 
 @pytest.mark.anyio
-async def test_a_malformed_entry_is_skipped_and_the_topic_goes_on(gateway, redis_url, key_prefix) -> None:
+async def test_a_malformed_entry_is_skipped_and_the_topic_goes_on(
+    gateway: Gateways, redis_url: str, key_prefix: str
+) -> None:
     """Finding 7: an undecodable entry followed by a gap killed the topic's catch-up for good."""
     hub = gateway()
     live = [Listener(hub.url, ["wedge"]).start() for _ in range(2)]
@@ -434,17 +517,23 @@ async def test_a_malformed_entry_is_skipped_and_the_topic_goes_on(gateway, redis
     async with publisher(redis_url, key_prefix) as pub:
         first = await pub.publish("wedge", "before")
         raw_entry(redis_url, key_prefix, "wedge", t=b"", d=b"\xff\xfe not utf-8")
-        raw_entry(redis_url, key_prefix, "wedge", t=b"x\nretry: 1\nid: 424242-0\nevent: forged", d=b"forged")
+        raw_entry(
+            redis_url,
+            key_prefix,
+            "wedge",
+            t=b"x\nretry: 1\nid: 424242-0\nevent: forged",
+            d=b"forged",
+        )
         raw_entry(redis_url, key_prefix, "wedge", t=b"stream-reset", d=b'{"topic":"other"}')
         for n in range(200):
             await pub.publish("wedge", f"after {n}")
     expected = ["before"] + [f"after {n}" for n in range(200)]
     for listener in live:
-        await listener.wait_for(len(expected), timeout=20)
+        await listener.wait_for(len(expected), within=20)
         assert listener.data == expected, "every good event, in order, none of the bad ones"
         assert all(event.event == "message" for event in listener.events)
     replayed = Listener(hub.url, ["wedge"], last_event_id=first).start()
-    await replayed.wait_for(200, timeout=20)
+    await replayed.wait_for(200, within=20)
     assert replayed.status == 200 and replayed.data == expected[1:]
     assert all(event.event == "message" and "424242" not in event.id for event in replayed.events)
     for listener in (*live, replayed):
@@ -456,7 +545,7 @@ async def test_a_malformed_entry_is_skipped_and_the_topic_goes_on(gateway, redis
 
 
 @pytest.mark.anyio
-async def test_the_hubs_own_event_types_are_reserved(redis_url, key_prefix) -> None:
+async def test_the_hubs_own_event_types_are_reserved(redis_url: str, key_prefix: str) -> None:
     """Finding 8: a publisher could forge the hub's `stream-reset` notice about another topic."""
     async with publisher(redis_url, key_prefix) as pub:
         for reserved in ("stream-reset", "hub-anything"):
@@ -477,10 +566,10 @@ async def test_the_hubs_own_event_types_are_reserved(redis_url, key_prefix) -> N
         (["a", "b"], "1.0-zzzzzzzzzzzzzz.0"),
     ],
 )
-def test_cursors_out_of_range_are_a_400(gateway, topics: list[str], cursor: str) -> None:
+def test_cursors_out_of_range_are_a_400(gateway: Gateways, topics: list[str], cursor: str) -> None:
     """Finding 10: a cursor past 2^64 gave 200 with Redis's own error; non-ASCII digits passed."""
     hub = gateway()
-    params = [("topic", topic) for topic in topics]
+    params: list[tuple[str, str | int | float | bool | None]] = [("topic", t) for t in topics]
     with httpx.Client(base_url=hub.url, timeout=10) as http:
         by_query = http.get("/events", params=[*params, ("last_event_id", cursor)])
         assert by_query.status_code == 400 and "cursor" in by_query.text, by_query.text

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from processes import (
     Gateway,
     Gateways,
@@ -159,7 +158,7 @@ def test_redis_server_start_failure_shows_the_log() -> None:
         busy.listen()
         server = RedisServer(port=busy.getsockname()[1])
         try:
-            with pytest.raises(ProcessStartError, match="(?i)address already in use"):
+            with pytest.raises(ProcessStartError, match=r"(?i)address already in use"):
                 server.start(timeout=10)
         finally:
             server.close()
@@ -237,7 +236,7 @@ def test_gateway_wait_reports_a_running_process(gateway: Gateways, stand_in: lis
 
 
 def test_gateway_that_exits_raises_with_its_log(gateway: Gateways, stand_in: list[str]) -> None:
-    with pytest.raises(ProcessStartError, match="exited with 3(.|\n)*refusing to start: bad"):
+    with pytest.raises(ProcessStartError, match=r"exited with 3(.|\n)*refusing to start: bad"):
         gateway({"STAND_IN_FAIL": "bad"}, command=stand_in)
 
 
@@ -260,6 +259,11 @@ def test_gateway_without_waiting_and_close_kills_it(tmp_path: Path, stand_in: li
 SAMPLE_TESTS = textwrap.dedent(
     """
     import pytest
+
+    from processes import require_tool
+
+    def test_skips_without_its_tool():
+        require_tool("no-such-frobnicator-tool")
 
     @pytest.fixture
     def needs_tool():
@@ -289,8 +293,12 @@ def run_pytest(
     tmp_path: Path, files: dict[str, str], strict_env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
     """Runs pytest in a subprocess on `files`, with this suite's conftest and helpers."""
-    for helper in ("conftest.py", "processes.py"):
-        shutil.copy(TESTS_DIR / helper, tmp_path / helper)
+    shutil.copy(TESTS_DIR / "conftest.py", tmp_path / "conftest.py")
+    shutil.copytree(
+        TESTS_DIR / "processes",
+        tmp_path / "processes",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\naddopts = --strict-markers -ra -p no:cacheprovider\nfilterwarnings = error\n"
     )
@@ -312,7 +320,9 @@ def run_pytest(
     )
 
 
-def run_sample_suite(tmp_path: Path, strict_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_sample_suite(
+    tmp_path: Path, strict_env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     files = {
         "test_sample.py": SAMPLE_TESTS,
         "test_module_skip.py": "import pytest\n"
@@ -325,7 +335,7 @@ def test_skips_pass_outside_strict_mode(tmp_path: Path) -> None:
     result = run_sample_suite(tmp_path, {})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "strict mode: off" in result.stdout
-    assert "1 passed, 4 skipped, 1 xfailed" in result.stdout
+    assert "1 passed, 5 skipped, 1 xfailed" in result.stdout
 
 
 @pytest.mark.parametrize("strict_env", [{"CI": "true"}, {"HUB_TESTS_STRICT": "1"}])
@@ -337,10 +347,10 @@ def test_strict_mode_turns_every_skip_into_a_failure(
     assert result.returncode == 1, output
     assert "strict mode: skips fail" in result.stdout
     for reason in ("no widget here", "marker reason", "frobnicator not installed",
-                   "whole module gone"):  # fmt: skip
+                   "whole module gone", "no-such-frobnicator-tool not installed"):  # fmt: skip
         assert f"skipped in strict mode: {reason}" in output
     assert "skipped" not in result.stdout.splitlines()[-1]
-    assert "1 failed, 1 passed, 1 xfailed, 3 errors" in result.stdout.splitlines()[-1]
+    assert "2 failed, 1 passed, 1 xfailed, 3 errors" in result.stdout.splitlines()[-1]
 
 
 def test_a_failing_test_shows_its_gateway_logs(tmp_path: Path) -> None:

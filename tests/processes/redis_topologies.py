@@ -1,37 +1,28 @@
 """Redis's distributed modes as real processes: a Redis Cluster, and a Sentinel-managed primary.
 
-Both are built from `RedisServer` (tests/processes.py), bind to 127.0.0.1 on free
-ports, use short failure-detection timeouts so a failover takes seconds, and
-kill every process they started when closed.
+Both are built from `RedisServer`, bind to 127.0.0.1 on free ports, use short
+failure-detection timeouts so a failover takes seconds, and kill every process they
+started when closed.
 """
 
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
 import redis
 from redis.crc import key_slot
 
-from processes import ProcessStartError, RedisServer, free_port, require_tool
+from .common import free_port, require_tool
+from .redis_server import RedisServer
+from .waiting import wait_until
 
 NODE_TIMEOUT_MS = 1000
 """How long a cluster node or a sentinel waits before it calls a silent primary down."""
 
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except (redis.RedisError, OSError):
-            pass
-        time.sleep(0.1)
-    raise ProcessStartError(f"timed out after {timeout} s waiting for {what}")
+NOT_YET = (redis.RedisError, OSError)
+"""A node that refuses or times out while the cluster or the sentinels settle: not ready yet."""
 
 
 def _info(server: RedisServer, section: str) -> dict[str, str]:
@@ -104,7 +95,7 @@ class ClusterProcesses(_Processes):
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until every running node says the cluster is ok and every replica is in sync."""
-        wait_until(self._healthy, timeout, "the cluster to be ok on every node")
+        wait_until(self._healthy, timeout, "the cluster to be ok on every node", ignore=NOT_YET)
 
     def _assign_all_slots(self, server: RedisServer) -> None:
         # `redis-cli --cluster create` wants three primaries; one node takes every slot itself.
@@ -128,7 +119,7 @@ class ClusterProcesses(_Processes):
         return True
 
     def slot_owners(self) -> list[tuple[int, int, int]]:
-        """(first slot, last slot, port of its primary) for each range, as a running node sees it."""
+        """(first slot, last slot, port of its primary) of each range, as a running node sees it."""
         node = next(s for s in self.servers if s.answering)
         with node.client() as client:
             ranges = client.execute_command("CLUSTER SLOTS")
@@ -154,7 +145,9 @@ class ClusterProcesses(_Processes):
             owners = {port for _, _, port in self.slot_owners()}
             return killed.port not in owners and self._healthy()
 
-        wait_until(taken_over, timeout, f"a replica to take over from port {killed.port}")
+        wait_until(
+            taken_over, timeout, f"a replica to take over from port {killed.port}", ignore=NOT_YET
+        )
 
     def close(self) -> None:
         for server in self.servers:
@@ -200,7 +193,12 @@ class SentinelProcesses(_Processes):
             )
             self.sentinels.append(sentinel)
             sentinel.start()
-        wait_until(self._watching, timeout, "the sentinels to see the primary and its replicas")
+        wait_until(
+            self._watching,
+            timeout,
+            "the sentinels to see the primary and its replicas",
+            ignore=NOT_YET,
+        )
         return self
 
     def _watching(self) -> bool:
@@ -210,13 +208,11 @@ class SentinelProcesses(_Processes):
                 others = client.execute_command("SENTINEL", "SENTINELS", SERVICE_NAME)
             if len(replicas) < len(self.replicas) or len(others) < self.sentinel_count - 1:
                 return False
-        return all(
-            _info(r, "replication").get("master_link_status") == "up" for r in self.replicas
-        )
+        return all(_info(r, "replication").get("master_link_status") == "up" for r in self.replicas)
 
     def current_primary(self) -> RedisServer:
         with self.sentinels[0].client() as client:
-            host, port = client.execute_command(
+            _host, port = client.execute_command(
                 "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE_NAME
             )
         return next(s for s in self.servers if s.port == int(port))
@@ -224,12 +220,11 @@ class SentinelProcesses(_Processes):
     def wait_failover(self, killed: RedisServer, timeout: float = 30.0) -> RedisServer:
         def promoted() -> bool:
             current = self.current_primary()
-            return (
-                current is not killed
-                and _info(current, "replication").get("role") == "master"
-            )
+            return current is not killed and _info(current, "replication").get("role") == "master"
 
-        wait_until(promoted, timeout, f"the sentinels to replace port {killed.port}")
+        wait_until(
+            promoted, timeout, f"the sentinels to replace port {killed.port}", ignore=NOT_YET
+        )
         return self.current_primary()
 
     def rejoin(self, server: RedisServer, timeout: float = 30.0) -> None:
@@ -245,7 +240,9 @@ class SentinelProcesses(_Processes):
                 and replication.get("master_link_status") == "up"
             )
 
-        wait_until(synced, timeout, f"port {server.port} to replicate port {primary.port}")
+        wait_until(
+            synced, timeout, f"port {server.port} to replicate port {primary.port}", ignore=NOT_YET
+        )
 
     def close(self) -> None:
         for server in (*self.sentinels, *self.servers):

@@ -1,0 +1,126 @@
+"""nginx in the foreground with a private prefix: the deployment's configuration in front of
+gateways (`Nginx`), or any configuration (`NginxProcess`, which the benchmark uses)."""
+
+from __future__ import annotations
+
+import string
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from .common import (
+    REPO_ROOT,
+    Output,
+    ProcessStartError,
+    free_port,
+    http_status,
+    kill_session,
+    require_tool,
+    spawn,
+    stop,
+    wait_started,
+)
+from .gateway import Gateway
+
+NGINX_TEMPLATE = REPO_ROOT / "deploy" / "nginx.conf.template"
+
+
+def nginx_config(prefix: Path, listen: str, upstreams: Sequence[str]) -> str:
+    """The deployment's nginx configuration, with this topology's addresses filled in."""
+    # max_fails=0: nginx clears a failed peer only when a request to it ends, and a
+    # stream never ends, so a restarted gateway would stay shunned (502 for everyone).
+    servers = "\n        ".join(f"server {address} max_fails=0;" for address in upstreams)
+    return string.Template(NGINX_TEMPLATE.read_text()).safe_substitute(
+        PREFIX=str(prefix), LISTEN=listen, UPSTREAMS=servers
+    )
+
+
+class NginxProcess:
+    """nginx running `config` with `directory` as its prefix, in the foreground.
+
+    start() checks the configuration (`nginx -t`), starts nginx and returns once GET
+    `ready_path` on `port` answers 200; close() stops it (SIGTERM, a fast shutdown: open
+    streams are cut) and kills whatever is left of it.
+    """
+
+    def __init__(
+        self, directory: Path, config: str, port: int, ready_path: str, output: Output | None = None
+    ) -> None:
+        self.binary = require_tool("nginx")
+        self.directory = directory
+        self.port = port
+        self.ready_path = ready_path
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config = directory / "nginx.conf"
+        self.config.write_text(config)
+        self.output: Output = directory / "stderr.log" if output is None else output
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        parts = [self.directory / "error.log"]
+        if isinstance(self.output, Path):
+            parts.insert(0, self.output)
+        return "\n".join(p.read_text(errors="replace") for p in parts if p.exists())
+
+    def start(self, timeout: float = 10.0) -> Self:
+        arguments = ["-p", str(self.directory), "-c", str(self.config)]
+        check = subprocess.run([self.binary, "-t", *arguments], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise ProcessStartError(
+                f"nginx rejected its configuration: {check.stderr.strip()[:2000]}"
+            )
+        self.process = spawn([self.binary, *arguments, "-g", "daemon off;"], self.output)
+        try:
+            wait_started(
+                self.process,
+                lambda: http_status("127.0.0.1", self.port, self.ready_path) == 200,
+                timeout=timeout,
+                name=f"nginx on port {self.port} (GET {self.ready_path})",
+                goal="answer 200",
+                log=self.logs,
+            )
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        try:
+            stop(self.process, 5)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_session(self.process)
+
+    def __enter__(self) -> Self:
+        if self.process is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Nginx(NginxProcess):
+    """The deployment's nginx (deploy/nginx.conf.template) in front of `upstreams`.
+
+    Ready once /healthz answers through it, that is once a gateway answers behind it.
+    """
+
+    def __init__(self, directory: Path, upstreams: Sequence[Gateway]) -> None:
+        port = free_port()
+        addresses = [f"127.0.0.1:{gateway.port}" for gateway in upstreams]
+        config = nginx_config(directory, f"127.0.0.1:{port}", addresses)
+        super().__init__(directory, config, port, "/healthz")
