@@ -93,13 +93,19 @@ class KindStats:
     def summary(self) -> dict[str, Any]:
         life = sorted(self.lifetimes)
         return {
-            "opened": self.opened, "refused": self.refused, "dropped": self.dropped,
-            "held_at_stop": self.held_at_stop, "gateway_held_at_stop": self.gateway_held_at_stop,
+            "opened": self.opened,
+            "refused": self.refused,
+            "dropped": self.dropped,
+            "held_at_stop": self.held_at_stop,
+            "gateway_held_at_stop": self.gateway_held_at_stop,
             "peak_held": self.peak_held,
-            "bytes_sent": self.bytes_sent, "refusals": dict(self.refusals),
-            "endings": dict(self.endings), "answers": dict(self.answers),
+            "bytes_sent": self.bytes_sent,
+            "refusals": dict(self.refusals),
+            "endings": dict(self.endings),
+            "answers": dict(self.answers),
             "lifetime_s": {"p50": round(life[len(life) // 2], 2), "max": round(life[-1], 2)}
-            if life else None,
+            if life
+            else None,
         }
 
 
@@ -134,8 +140,9 @@ class GatewaySide:
 class Connection:
     """One open hostile connection: sends without ever blocking, and notices when it is dropped."""
 
-    def __init__(self, sock: socket.socket, stats: KindStats, reads: bool,
-                 gateway: GatewaySide) -> None:
+    def __init__(
+        self, sock: socket.socket, stats: KindStats, reads: bool, gateway: GatewaySide
+    ) -> None:
         self.sock = sock
         self.stats = stats
         self.reads = reads
@@ -172,10 +179,10 @@ class Connection:
         """Send nothing more; stay until dropped or `seconds` are over."""
         await self.pause(seconds)
 
-    async def _read(self, timeout: float) -> None:
+    async def _read(self, within: float) -> None:
         loop = asyncio.get_running_loop()
         try:
-            data = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), timeout)
+            data = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), within)
         except TimeoutError:
             return
         except ConnectionResetError:
@@ -184,7 +191,11 @@ class Connection:
             raise Dropped("closed")
         if not self._answered:
             self._answered = True
-            status = data.split(b" ", 2)[1].decode(errors="replace") if data.startswith(b"HTTP/") else "?"
+            status = (
+                data.split(b" ", 2)[1].decode(errors="replace")
+                if data.startswith(b"HTTP/")
+                else "?"
+            )
             self.stats.answers[status] += 1
 
     def _check_state(self) -> None:
@@ -209,8 +220,10 @@ class Target:
 
 
 async def never_reading(conn: Connection, target: Target) -> None:
-    conn.send(target.head(f"GET /events?topic={target.history_topic}&last_event_id=0-0")
-              + b"Accept: text/event-stream\r\n\r\n")
+    conn.send(
+        target.head(f"GET /events?topic={target.history_topic}&last_event_id=0-0")
+        + b"Accept: text/event-stream\r\n\r\n"
+    )
     await conn.hold(target.max_time)
 
 
@@ -223,9 +236,12 @@ async def slowloris(conn: Connection, target: Target) -> None:
 
 
 async def oversized_body(conn: Connection, target: Target) -> None:
-    conn.send(target.head("POST /publish")
-              + b"Authorization: Bearer not-the-token\r\nContent-Type: application/json\r\n"
-              + f"Content-Length: {BODY_DECLARED}\r\n\r\n".encode() + b"x" * BODY_FIRST)
+    conn.send(
+        target.head("POST /publish")
+        + b"Authorization: Bearer not-the-token\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {BODY_DECLARED}\r\n\r\n".encode()
+        + b"x" * BODY_FIRST
+    )
     for _ in range(BODY_TRICKLE_STEPS):
         await conn.pause(TRICKLE_SECONDS)
         conn.send(b"x" * BODY_TRICKLE)
@@ -238,8 +254,10 @@ def _header_line(step: int) -> bytes:
 
 
 async def endless_headers(conn: Connection, target: Target) -> None:
-    conn.send(target.head(f"GET /events?topic={target.history_topic}")
-              + b"".join(_header_line(step) for step in range(HEADERS_AT_ONCE)))
+    conn.send(
+        target.head(f"GET /events?topic={target.history_topic}")
+        + b"".join(_header_line(step) for step in range(HEADERS_AT_ONCE))
+    )
     for step in range(HEADERS_AT_ONCE, MAX_STEPS):
         await conn.pause(TRICKLE_SECONDS)
         conn.send(_header_line(step))
@@ -263,10 +281,13 @@ async def _connect(port: int, rcvbuf: int, stats: KindStats) -> socket.socket | 
         return None
     sock.setblocking(False)
     if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: sets the window
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf
+        )  # before connect: sets the window
     try:
-        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (HOST, port)),
-                               CONNECT_TIMEOUT)
+        await asyncio.wait_for(
+            asyncio.get_running_loop().sock_connect(sock, (HOST, port)), CONNECT_TIMEOUT
+        )
         return sock
     except TimeoutError:
         stats.refusals["timeout"] += 1
@@ -347,7 +368,9 @@ async def run(target: Target, per_kind: int, ramp_seconds: float) -> dict[str, A
     print("READY " + json.dumps({kind: s.held for kind, s in stats.items()}), flush=True)
     why = "stop"
     try:
-        await asyncio.wait_for(stop.wait(), max(0.0, target.max_time - (time.monotonic() - started)))
+        await asyncio.wait_for(
+            stop.wait(), max(0.0, target.max_time - (time.monotonic() - started))
+        )
     except TimeoutError:
         why = "max-time"
     target.gateway.refresh()
@@ -358,13 +381,19 @@ async def run(target: Target, per_kind: int, ramp_seconds: float) -> dict[str, A
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"why": why, "per_kind": per_kind, "run_s": round(time.monotonic() - started, 1),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "kinds": {kind: s.summary() for kind, s in stats.items()}}
+    return {
+        "why": why,
+        "per_kind": per_kind,
+        "run_s": round(time.monotonic() - started, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "kinds": {kind: s.summary() for kind, s in stats.items()},
+    }
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--per-kind", type=int, default=500, help="connections of each kind")
     p.add_argument("--history-topic", required=True, help="a topic that holds many large events")
@@ -375,6 +404,7 @@ def main(argv: list[str]) -> int:
     target = Target(args.port, args.history_topic, args.max_time, GatewaySide(args.port))
     try:
         import uvloop
+
         result = uvloop.run(run(target, args.per_kind, args.ramp))
     except ImportError:
         result = asyncio.run(run(target, args.per_kind, args.ramp))
@@ -385,13 +415,32 @@ def main(argv: list[str]) -> int:
 class HostileClients:
     """The harness's side: one hostile.py process, steered over its stdin."""
 
-    def __init__(self, port: int, per_kind: int, history_topic: str, ramp: float,
-                 max_time: float, log: IO[bytes]) -> None:
-        args = [sys.executable, str(Path(__file__).resolve()), "--port", str(port),
-                "--per-kind", str(per_kind), "--history-topic", history_topic,
-                "--ramp", str(ramp), "--max-time", str(max_time)]
-        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=log, text=True, bufsize=1)
+    def __init__(
+        self,
+        port: int,
+        per_kind: int,
+        history_topic: str,
+        ramp: float,
+        max_time: float,
+        log: IO[bytes],
+    ) -> None:
+        args = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--port",
+            str(port),
+            "--per-kind",
+            str(per_kind),
+            "--history-topic",
+            history_topic,
+            "--ramp",
+            str(ramp),
+            "--max-time",
+            str(max_time),
+        ]
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1
+        )
 
     @property
     def pid(self) -> int:
@@ -411,7 +460,7 @@ class HostileClients:
         line = self._line(timeout)
         if not line.startswith("READY "):
             raise BenchError(f"hostile clients: unexpected {line[:200]!r}")
-        held: dict[str, int] = json.loads(line[len("READY "):])
+        held: dict[str, int] = json.loads(line[len("READY ") :])
         return held
 
     def stop(self, timeout: float) -> dict[str, Any]:
@@ -440,8 +489,12 @@ class HostileClients:
     def __enter__(self) -> HostileClients:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
 

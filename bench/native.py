@@ -47,22 +47,60 @@ def build(build_dir: Path) -> Tools:
 class LoadClient:
     """One loadclient process: N SSE streams, steered over its stdin."""
 
-    def __init__(self, exe: Path, port: int, path: str, conns: int, topics: int = 1, *,
-                 threads: int = 2, coalesce_us: int = 0, burst: int = 256,
-                 last_event_id: str = "", final: int = 0, ready_timeout: float = 60,
-                 drain: float = 10, max_time: float = 300) -> None:
+    def __init__(
+        self,
+        exe: Path,
+        port: int,
+        path: str,
+        conns: int,
+        topics: int = 1,
+        *,
+        threads: int = 2,
+        coalesce_us: int = 0,
+        burst: int = 256,
+        last_event_id: str = "",
+        final: int = 0,
+        ready_timeout: float = 60,
+        drain: float = 10,
+        max_time: float = 300,
+    ) -> None:
         self.conns = conns
-        args = [str(exe), "--port", str(port), "--path", path, "--conns", str(conns),
-                "--topics", str(topics), "--threads", str(threads), "--burst", str(burst),
-                "--coalesce-us", str(coalesce_us), "--ready-timeout", str(ready_timeout),
-                "--drain", str(drain), "--max-time", str(max_time)]
+        args = [
+            str(exe),
+            "--port",
+            str(port),
+            "--path",
+            path,
+            "--conns",
+            str(conns),
+            "--topics",
+            str(topics),
+            "--threads",
+            str(threads),
+            "--burst",
+            str(burst),
+            "--coalesce-us",
+            str(coalesce_us),
+            "--ready-timeout",
+            str(ready_timeout),
+            "--drain",
+            str(drain),
+            "--max-time",
+            str(max_time),
+        ]
         if last_event_id:
             args += ["--last-event-id", last_event_id]
         if final:
             args += ["--final", str(final)]
         self._max_time = max_time
-        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, bufsize=1)
+        self._proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
 
     @property
     def pid(self) -> int:
@@ -122,23 +160,63 @@ class LoadClient:
     def __enter__(self) -> LoadClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
 
-def publish(exe: Path, *, mode: str, port: int, targets: Path, rate: float, duration: float = 0,
-            count: int = 0, sha: str = "", maxlen: int = 10_000, maxage_ms: int = 0,
-            conns: int = 1, window: int = 512, start_seq: int = 1, announce: str = "PUBLISH",
-            timeout: float = 120) -> dict[str, Any]:
+def publish(
+    exe: Path,
+    *,
+    mode: str,
+    port: int,
+    targets: Path,
+    rate: float,
+    duration: float = 0,
+    count: int = 0,
+    sha: str = "",
+    maxlen: int = 10_000,
+    maxage_ms: int = 0,
+    conns: int = 1,
+    window: int = 512,
+    start_seq: int = 1,
+    announce: str = "PUBLISH",
+    timeout: float = 120,
+) -> dict[str, Any]:
     """Run the publisher to the end; its figures (sent, acked, final_seq, achieved_per_s...)."""
-    args = [str(exe), "--mode", mode, "--port", str(port), "--targets", str(targets),
-            "--rate", str(rate), "--conns", str(conns), "--window", str(window),
-            "--start-seq", str(start_seq)]
+    args = [
+        str(exe),
+        "--mode",
+        mode,
+        "--port",
+        str(port),
+        "--targets",
+        str(targets),
+        "--rate",
+        str(rate),
+        "--conns",
+        str(conns),
+        "--window",
+        str(window),
+        "--start-seq",
+        str(start_seq),
+    ]
     args += ["--count", str(count)] if count else ["--duration", str(duration)]
     if mode == "redis":
-        args += ["--sha", sha, "--maxlen", str(maxlen), "--maxage-ms", str(maxage_ms),
-                 "--announce", announce]
+        args += [
+            "--sha",
+            sha,
+            "--maxlen",
+            str(maxlen),
+            "--maxage-ms",
+            str(maxage_ms),
+            "--announce",
+            announce,
+        ]
     started = time.monotonic()
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:

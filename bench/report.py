@@ -21,7 +21,11 @@ def _run(args: list[str]) -> str:
         done = subprocess.run(args, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "not found"
-    return (done.stdout + done.stderr).strip().splitlines()[0] if (done.stdout + done.stderr).strip() else ""
+    return (
+        (done.stdout + done.stderr).strip().splitlines()[0]
+        if (done.stdout + done.stderr).strip()
+        else ""
+    )
 
 
 def machine() -> dict[str, str]:
@@ -33,9 +37,18 @@ def machine() -> dict[str, str]:
                 break
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
-    debian = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "?"
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "memory": f"{mem_kb / 2**20:.1f} GiB",
-            "kernel": platform.release(), "os": f"Debian {debian}"}
+    debian = (
+        Path("/etc/debian_version").read_text().strip()
+        if Path("/etc/debian_version").exists()
+        else "?"
+    )
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": f"{mem_kb / 2**20:.1f} GiB",
+        "kernel": platform.release(),
+        "os": f"Debian {debian}",
+    }
 
 
 def load_average() -> str:
@@ -78,15 +91,22 @@ def _label(system: str) -> str:
 
 def _by(rows: list[Row], scenario: str, system: str) -> Row | None:
     for r in rows:
-        if r["scenario"] == scenario and r["system"] == system and "error" not in r and "skipped" not in r:
+        if (
+            r["scenario"] == scenario
+            and r["system"] == system
+            and "error" not in r
+            and "skipped" not in r
+        ):
             return r
     return None
 
 
 def targets(rows: list[Row]) -> list[str]:
     """The issue's targets, each with the hub's figure beside Nchan's and the baseline's."""
-    lines = ["| Target | hub (1 gateway) | hub (2 + nginx) | baseline | Nchan | Met by the hub |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| Target | hub (1 gateway) | hub (2 + nginx) | baseline | Nchan | Met by the hub |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     systems = ["hub", "hub-x2", "baseline", "nchan"]
 
     def cell(scenario: str, fn: Any) -> list[str]:
@@ -97,29 +117,63 @@ def targets(rows: list[Row]) -> list[str]:
         return out
 
     def live(r: Row) -> str:
-        return (f"{100 * r['delivered_fraction']:.1f}% delivered, p99 {r['lat_ms']['p99']:.1f} ms, "
-                f"lost {r['lost']:,}")
+        return (
+            f"{100 * r['delivered_fraction']:.1f}% delivered, p99 {r['lat_ms']['p99']:.1f} ms, "
+            f"lost {r['lost']:,}"
+        )
 
     hub_a = _by(rows, "fanout-1k-100", "hub")
-    met = "–" if not hub_a else ("yes" if hub_a["delivered_fraction"] >= 0.999 and hub_a["lat_ms"]["p99"] < 50
-                                 and hub_a["lost"] == 0 else "no")
-    lines.append("| 1,000 clients × 100 ev/s: all of it, p99 < 50 ms | "
-                 + " | ".join(cell("fanout-1k-100", live)) + f" | {met} |")
+    met = (
+        "–"
+        if not hub_a
+        else (
+            "yes"
+            if hub_a["delivered_fraction"] >= 0.999
+            and hub_a["lat_ms"]["p99"] < 50
+            and hub_a["lost"] == 0
+            else "no"
+        )
+    )
+    lines.append(
+        "| 1,000 clients × 100 ev/s: all of it, p99 < 50 ms | "
+        + " | ".join(cell("fanout-1k-100", live))
+        + f" | {met} |"
+    )
     hub_b = _by(rows, "fanout-1k-1000", "hub")
-    met = "–" if not hub_b else ("yes" if hub_b["delivered_fraction"] >= 0.999 and hub_b["lat_ms"]["p99"] < 100
-                                 and hub_b["lost"] == 0 else "no")
-    lines.append("| 1,000 clients × 1,000 ev/s: all of it, p99 < 100 ms, nothing lost | "
-                 + " | ".join(cell("fanout-1k-1000", live)) + f" | {met} |")
-    lines.append("| 1,000 × 1,000: deliveries/s (≥ 10× baseline) | "
-                 + " | ".join(cell("fanout-1k-1000", lambda r: _f(r["achieved_dps"]))) + " | "
-                 + _ratio(hub_b, _by(rows, "fanout-1k-1000", "baseline"), "achieved_dps", 10) + " |")
+    met = (
+        "–"
+        if not hub_b
+        else (
+            "yes"
+            if hub_b["delivered_fraction"] >= 0.999
+            and hub_b["lat_ms"]["p99"] < 100
+            and hub_b["lost"] == 0
+            else "no"
+        )
+    )
+    lines.append(
+        "| 1,000 clients × 1,000 ev/s: all of it, p99 < 100 ms, nothing lost | "
+        + " | ".join(cell("fanout-1k-1000", live))
+        + f" | {met} |"
+    )
+    lines.append(
+        "| 1,000 × 1,000: deliveries/s (≥ 10× baseline) | "
+        + " | ".join(cell("fanout-1k-1000", lambda r: _f(r["achieved_dps"])))
+        + " | "
+        + _ratio(hub_b, _by(rows, "fanout-1k-1000", "baseline"), "achieved_dps", 10)
+        + " |"
+    )
 
     def per_cpu(r: Row) -> str:
         return _f(1e6 / r["cpu_s_per_M"]) if r.get("cpu_s_per_M") else "–"
 
-    lines.append("| 1,000 × 1,000: deliveries per server CPU second (≥ 5× Nchan) | "
-                 + " | ".join(cell("fanout-1k-1000", per_cpu)) + " | "
-                 + _ratio(hub_b, _by(rows, "fanout-1k-1000", "nchan"), "per_cpu", 5) + " |")
+    lines.append(
+        "| 1,000 × 1,000: deliveries per server CPU second (≥ 5× Nchan) | "
+        + " | ".join(cell("fanout-1k-1000", per_cpu))
+        + " | "
+        + _ratio(hub_b, _by(rows, "fanout-1k-1000", "nchan"), "per_cpu", 5)
+        + " |"
+    )
 
     def storm(r: Row) -> str:
         if r.get("all_caught_up_s") is None:
@@ -127,15 +181,29 @@ def targets(rows: list[Row]) -> list[str]:
         return f"{r['all_caught_up_s']:.2f} s"
 
     hub_s = _by(rows, "storm-1k", "hub")
-    met = "–" if not hub_s else ("yes" if hub_s.get("all_caught_up_s") is not None
-                                 and hub_s["all_caught_up_s"] <= 3 and hub_s["lost"] == 0 else "no")
+    met = (
+        "–"
+        if not hub_s
+        else (
+            "yes"
+            if hub_s.get("all_caught_up_s") is not None
+            and hub_s["all_caught_up_s"] <= 3
+            and hub_s["lost"] == 0
+            else "no"
+        )
+    )
     storm_cells = cell("storm-1k", storm)
     storm_cells[2] = "n/a (no history)"
-    lines.append("| Reconnect storm: all caught up within 3 s | " + " | ".join(storm_cells) + f" | {met} |")
+    lines.append(
+        "| Reconnect storm: all caught up within 3 s | " + " | ".join(storm_cells) + f" | {met} |"
+    )
     hub_i = _by(rows, "idle-10k", "hub")
     met = "–" if not hub_i else ("yes" if hub_i["rss_kb_per_conn"] <= 20 else "no")
-    lines.append("| Idle connections: ≤ 20 KB resident each | "
-                 + " | ".join(cell("idle-10k", lambda r: f"{r['rss_kb_per_conn']:.1f} KB")) + f" | {met} |")
+    lines.append(
+        "| Idle connections: ≤ 20 KB resident each | "
+        + " | ".join(cell("idle-10k", lambda r: f"{r['rss_kb_per_conn']:.1f} KB"))
+        + f" | {met} |"
+    )
     return lines
 
 
@@ -154,16 +222,21 @@ def _ratio(hub: Row | None, other: Row | None, key: str, want: float) -> str:
 
 
 def live_table(rows: list[Row]) -> list[str]:
-    head = ("| Scenario | System | Connected | Events/s offered → published | Deliveries/s offered | "
-            "Deliveries/s achieved | Delivered | p50 ms | p99 ms | max ms | Lost | Dup | "
-            "Server CPU s / M deliveries | Server cores busy | Redis CPU s / M | Client cores busy |")
+    head = (
+        "| Scenario | System | Connected | Events/s offered → published | Deliveries/s offered | "
+        "Deliveries/s achieved | Delivered | p50 ms | p99 ms | max ms | Lost | Dup | "
+        "Server CPU s / M deliveries | Server cores busy | Redis CPU s / M | Client cores busy |"
+    )
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
         if r["kind"] != "live":
             continue
         if "error" in r or "skipped" in r:
-            lines.append(f"| {r['scenario']} | {_label(r['system'])} | "
-                         + f"failed: {r.get('error') or r.get('skipped')} |" + " |" * 13)
+            lines.append(
+                f"| {r['scenario']} | {_label(r['system'])} | "
+                + f"failed: {r.get('error') or r.get('skipped')} |"
+                + " |" * 13
+            )
             continue
         lat = r["lat_ms"]
         lines.append(
@@ -172,7 +245,8 @@ def live_table(rows: list[Row]) -> list[str]:
             f"{_f(r['achieved_dps'])} | {100 * r['delivered_fraction']:.1f}% | {lat['p50']:.1f} | "
             f"{lat['p99']:.1f} | {lat['max']:.1f} | {r['lost']:,} | {r['dup']:,} | "
             f"{_f(r['cpu_s_per_M'], 2)} | {r['server_cores_publishing']:.2f} | "
-            f"{_f(r['redis_cpu_s_per_M'], 2)} | {r['client_cores_publishing']:.2f} |")
+            f"{_f(r['redis_cpu_s_per_M'], 2)} | {r['client_cores_publishing']:.2f} |"
+        )
     return lines
 
 
@@ -181,46 +255,72 @@ def client_check(rows: list[Row]) -> list[str]:
     nchan = [r for r in rows if r["system"] == "nchan" and r["kind"] == "live" and "lat_ms" in r]
     if not nchan:
         return []
-    lines = ["**Does the load client keep up with Nchan?** CPU while publishing, in cores (Nchan runs "
-             "one worker, so 1.0 is all it can use; the client has 2 threads):", ""]
+    lines = [
+        "**Does the load client keep up with Nchan?** CPU while publishing, in cores (Nchan runs "
+        "one worker, so 1.0 is all it can use; the client has 2 threads):",
+        "",
+    ]
     for r in nchan:
         busy, client = r["server_cores_publishing"], r["client_cores_publishing"]
-        verdict = ("Nchan's worker saturated, the client was not" if busy >= 0.85 and client < 1.5
-                   else "neither side saturated" if busy < 0.85 and client < 1.5 else "the client was busy too")
-        lines.append(f"- {r['scenario']}: Nchan {busy:.2f}, load client {client:.2f} → {verdict}; "
-                     f"{100 * r['delivered_fraction']:.1f}% delivered.")
+        verdict = (
+            "Nchan's worker saturated, the client was not"
+            if busy >= 0.85 and client < 1.5
+            else "neither side saturated"
+            if busy < 0.85 and client < 1.5
+            else "the client was busy too"
+        )
+        lines.append(
+            f"- {r['scenario']}: Nchan {busy:.2f}, load client {client:.2f} → {verdict}; "
+            f"{100 * r['delivered_fraction']:.1f}% delivered."
+        )
     return lines
 
 
 def idle_table(rows: list[Row]) -> list[str]:
-    lines = ["| Scenario | System | Connected | Server RSS before → after (MB) | RSS per connection | "
-             "Redis RSS per connection |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| Scenario | System | Connected | Server RSS before → after (MB) | RSS per connection | "
+        "Redis RSS per connection |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         if r["kind"] != "idle":
             continue
         if "error" in r:
-            lines.append(f"| {r['scenario']} | {_label(r['system'])} | failed: {r['error']} | | | |")
+            lines.append(
+                f"| {r['scenario']} | {_label(r['system'])} | failed: {r['error']} | | | |"
+            )
             continue
-        lines.append(f"| {r['scenario']} | {_label(r['system'])} | {r['connected']:,} | "
-                     f"{r['rss_mb_before']:.1f} → {r['rss_mb_after']:.1f} | {r['rss_kb_per_conn']:.1f} KB | "
-                     f"{r['redis_rss_kb_per_conn']:.1f} KB |")
+        lines.append(
+            f"| {r['scenario']} | {_label(r['system'])} | {r['connected']:,} | "
+            f"{r['rss_mb_before']:.1f} → {r['rss_mb_after']:.1f} | {r['rss_kb_per_conn']:.1f} KB | "
+            f"{r['redis_rss_kb_per_conn']:.1f} KB |"
+        )
     return lines
 
 
 def storm_table(rows: list[Row]) -> list[str]:
-    lines = ["| Scenario | System | Connected | Caught up | All caught up after | Catch-up p50 / p99 (ms) | "
-             "Deliveries | Lost | Dup | Server CPU s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| Scenario | System | Connected | Caught up | All caught up after | Catch-up p50 / p99 (ms) | "
+        "Deliveries | Lost | Dup | Server CPU s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         if r["kind"] != "storm":
             continue
         if "error" in r or "skipped" in r:
-            lines.append(f"| {r['scenario']} | {_label(r['system'])} | "
-                         f"{'failed: ' + r['error'] if 'error' in r else 'n/a: ' + r['skipped']} |" + " |" * 7)
+            lines.append(
+                f"| {r['scenario']} | {_label(r['system'])} | "
+                f"{'failed: ' + r['error'] if 'error' in r else 'n/a: ' + r['skipped']} |"
+                + " |"
+                * 7
+            )
             continue
         done = f"{r['all_caught_up_s']:.2f} s" if r["all_caught_up_s"] is not None else "not all"
-        lines.append(f"| {r['scenario']} | {_label(r['system'])} | {r['connected']:,} | {r['caught_up']:,} | "
-                     f"{done} | {r['catchup_ms']['p50']:.0f} / {r['catchup_ms']['p99']:.0f} | "
-                     f"{r['deliveries']:,} | {r['lost']:,} | {r['dup']:,} | {r['server_cpu_s']:.2f} |")
+        lines.append(
+            f"| {r['scenario']} | {_label(r['system'])} | {r['connected']:,} | {r['caught_up']:,} | "
+            f"{done} | {r['catchup_ms']['p50']:.0f} / {r['catchup_ms']['p99']:.0f} | "
+            f"{r['deliveries']:,} | {r['lost']:,} | {r['dup']:,} | {r['server_cpu_s']:.2f} |"
+        )
     return lines
 
 
@@ -248,14 +348,29 @@ def write_markdown(path: Path, rows: list[Row], meta: dict[str, Any], chart: Pat
     ]
     if chart is not None:
         out += [f"![deliveries/s and p99 latency against clients]({chart.name})", ""]
-    out += ["## Fan-out and many topics", "", *live_table(rows), "", *client_check(rows), "",
-            "## Idle connections", "", *idle_table(rows), "",
-            "## Reconnect storm", "", *storm_table(rows), ""]
+    out += [
+        "## Fan-out and many topics",
+        "",
+        *live_table(rows),
+        "",
+        *client_check(rows),
+        "",
+        "## Idle connections",
+        "",
+        *idle_table(rows),
+        "",
+        "## Reconnect storm",
+        "",
+        *storm_table(rows),
+        "",
+    ]
     profiles = [r for r in rows if r.get("profile") and "self_top" in r["profile"]]
     if profiles:
         out += ["## Profile of the hub's gateway (py-spy, self time)", ""]
         for r in profiles:
-            out.append(f"{r['scenario']} on {_label(r['system'])}, {r['profile']['samples']} samples:")
+            out.append(
+                f"{r['scenario']} on {_label(r['system'])}, {r['profile']['samples']} samples:"
+            )
             out.append("")
             out += [f"- {pct:.1f}% {name}" for name, pct in r["profile"]["self_top"]]
             out.append("")
@@ -268,12 +383,13 @@ METHOD = [
     "stream, plain or chunked bodies, a full SSE line parser. It reads each socket at most once per "
     "millisecond (`--coalesce-us 1000`) so that frames that queued meanwhile come in one read; this adds "
     "at most 1 ms to the latency figures. A dropped stream is reopened at once with `Last-Event-ID`.",
-    "- **Events** carry `{\"seq\":n,\"t\":<publish time in ns>}`; the client checks per stream that seq runs "
+    '- **Events** carry `{"seq":n,"t":<publish time in ns>}`; the client checks per stream that seq runs '
     "1, 2, 3… (a gap counts as lost, a repeat as a duplicate; events still missing when the drain time "
     "runs out also count as lost) and records publish-to-receive latency in a histogram (1.6% buckets).",
     "- **Publisher** (`bench/publisher.c`): for the hub and the baseline, pipelined `EVALSHA` of the hub's "
-    "publish script (`PUBLISH_SCRIPT` in `hub/publish.py`) on a private redis-server; for Nchan, pipelined HTTP POSTs on one "
-    "keep-alive connection per group of topics (Nchan answers a publish only after its fan-out, so a "
+    "publish script (`PUBLISH_SCRIPT` in `hub/publish.py`) on a private redis-server; for Nchan, "
+    "pipelined HTTP POSTs on one keep-alive connection per group of topics (Nchan answers a publish "
+    "only after its fan-out, so a "
     "publisher that waited for each answer would be slowed to Nchan's pace). The time stamp is taken when "
     "the event is written, so a publisher held back by the system shows as *published* < *offered*.",
     "- **Deliveries/s achieved** = deliveries / (last delivery − first publish). **Delivered** = deliveries / "
@@ -313,8 +429,10 @@ def write_chart(path: Path, rows: list[Row]) -> bool:
     styles = ["-", "--", ":", "-."]
     for system in dict.fromkeys(r["system"] for r in points):
         for i, rate in enumerate(rates):
-            series = sorted((r for r in points if r["system"] == system and r["rate"] == rate),
-                            key=lambda r: r["clients"])
+            series = sorted(
+                (r for r in points if r["system"] == system and r["rate"] == rate),
+                key=lambda r: r["clients"],
+            )
             if not series:
                 continue
             xs = [r["clients"] for r in series]
@@ -324,12 +442,28 @@ def write_chart(path: Path, rows: list[Row]) -> bool:
             ax2.plot(xs, [max(0.01, r["lat_ms"]["p99"]) for r in series], **kw)
     for i, rate in enumerate(rates):
         xs = sorted({r["clients"] for r in points if r["rate"] == rate})
-        ax1.plot(xs, [x * rate for x in xs], color="grey", linestyle=styles[i % 4], linewidth=0.8,
-                 label=f"offered, {rate:g} ev/s")
-    ax1.set(xscale="log", yscale="log", xlabel="clients", ylabel="deliveries/s achieved",
-            title="Deliveries per second (solid: 100 ev/s, dashed: 1,000 ev/s)")
-    ax2.set(xscale="log", yscale="log", xlabel="clients", ylabel="p99 latency (ms)",
-            title="p99 publish-to-receive latency")
+        ax1.plot(
+            xs,
+            [x * rate for x in xs],
+            color="grey",
+            linestyle=styles[i % 4],
+            linewidth=0.8,
+            label=f"offered, {rate:g} ev/s",
+        )
+    ax1.set(
+        xscale="log",
+        yscale="log",
+        xlabel="clients",
+        ylabel="deliveries/s achieved",
+        title="Deliveries per second (solid: 100 ev/s, dashed: 1,000 ev/s)",
+    )
+    ax2.set(
+        xscale="log",
+        yscale="log",
+        xlabel="clients",
+        ylabel="p99 latency (ms)",
+        title="p99 publish-to-receive latency",
+    )
     ticks = sorted({r["clients"] for r in points})
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)

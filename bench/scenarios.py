@@ -49,5 +49,10 @@ def default_scenarios(duration: float) -> list[Scenario]:
 
 def quick(s: Scenario) -> Scenario:
     """A tenth of the clients and topics, two seconds of publishing."""
-    return replace(s, clients=max(10, s.clients // 10), topics=max(1, s.topics // 10),
-                   duration=min(s.duration, 2.0), missed=max(10, s.missed // 10))
+    return replace(
+        s,
+        clients=max(10, s.clients // 10),
+        topics=max(1, s.topics // 10),
+        duration=min(s.duration, 2.0),
+        missed=max(10, s.missed // 10),
+    )

@@ -174,9 +174,7 @@ async def test_with_no_owner_known_the_topology_is_learnt_and_the_commands_go_to
 
 async def test_ask_sends_asking_then_the_commands_once_to_the_importing_node() -> None:
     fake = FakeTopology(A)
-    primaries = ScriptedPrimaries(
-        fake, [AskError("3999 10.0.0.3:6379"), ["OK", "v1", "OK", "v2"]]
-    )
+    primaries = ScriptedPrimaries(fake, [AskError("3999 10.0.0.3:6379"), ["OK", "v1", "OK", "v2"]])
     batch: list[Command] = [GET, ("GET", "k2")]
     assert await primaries.run("k", lambda node: batch, idempotent=False) == ["v1", "v2"]
     asked = [("ASKING",), GET, ("ASKING",), ("GET", "k2")]

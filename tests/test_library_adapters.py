@@ -17,25 +17,29 @@ from typing import Any
 import pytest
 import redis.asyncio
 import uvicorn
+from processes import free_port
 from starlette.types import Receive, Scope, Send
 
 from hub import server as server_glue
 from hub.connection_guard import Limits, guarded
 from hub.redis_wire import WireFactory
-from processes import free_port
 
 pytestmark = pytest.mark.anyio
 LIMITS = Limits(max_header_bytes=65_536, header_seconds=5, body_seconds=5, linger_seconds=5)
 
 
-async def test_a_wire_reads_without_a_deadline_past_the_socket_timeout(redis_url: str, key_prefix: str) -> None:
+async def test_a_wire_reads_without_a_deadline_past_the_socket_timeout(
+    redis_url: str, key_prefix: str
+) -> None:
     host, port = redis_url.removeprefix("redis://").split(":")
     wires = WireFactory({"host": host, "port": int(port), "socket_timeout": 0.2})
     channel = f"{key_prefix}wire"
     wire = await wires.connect()
     try:
         await wire.send([("SUBSCRIBE", channel)])
-        assert await wire.read() == [b"subscribe", channel.encode(), 1], "RESP2 replies are plain lists"
+        assert await wire.read() == [b"subscribe", channel.encode(), 1], (
+            "RESP2 replies are plain lists"
+        )
 
         async def publish_later() -> None:
             await asyncio.sleep(0.6)  # three socket timeouts: the read must not give up
@@ -83,7 +87,9 @@ async def test_a_response_write_finishes_without_waiting_while_the_socket_drains
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        rest = server_glue.run_eagerly(send({"type": "http.response.body", "body": b"a", "more_body": True}))
+        rest = server_glue.run_eagerly(
+            send({"type": "http.response.body", "body": b"a", "more_body": True})
+        )
         finished_eagerly.append(rest is None)
         if rest is not None:
             await rest
@@ -91,7 +97,9 @@ async def test_a_response_write_finishes_without_waiting_while_the_socket_drains
 
     async with serving(app) as (_, port):
         answer = await get(port)
-    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"1\r\na\r\n1\r\nb\r\n0\r\n\r\n"), answer
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(
+        b"1\r\na\r\n1\r\nb\r\n0\r\n\r\n"
+    ), answer
     assert finished_eagerly == [True], "uvicorn's send no longer finishes on the spot"
 
 

@@ -6,15 +6,20 @@ import json
 
 import httpx
 import pytest
-
+from processes import Gateways
 from sse_client import listening, metric, publisher
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_metrics_count_clients_events_bytes_and_delay(gateway, redis_url, key_prefix) -> None:
+async def test_metrics_count_clients_events_bytes_and_delay(
+    gateway: Gateways, redis_url: str, key_prefix: str
+) -> None:
     hub = gateway()
-    async with listening(hub.url, ["news"], count=3) as clients, publisher(redis_url, key_prefix) as pub:
+    async with (
+        listening(hub.url, ["news"], count=3) as clients,
+        publisher(redis_url, key_prefix) as pub,
+    ):
         for n in range(10):
             await pub.publish("news", str(n))
         for client in clients:
@@ -31,12 +36,17 @@ async def test_metrics_count_clients_events_bytes_and_delay(gateway, redis_url, 
     assert metric(text, 'hub_publish_to_send_seconds_bucket{le="+Inf"}') == 10
     assert metric(text, "hub_redis_subscribed") == 1
     assert metric(text, "hub_redis_primaries") == 1
-    for name in ("hub_events_replayed_total", "hub_slow_client_disconnects_total",
-                 "hub_redis_reconnects_total", "hub_history_reads_total", "hub_redis_topic_moves_total"):
+    for name in (
+        "hub_events_replayed_total",
+        "hub_slow_client_disconnects_total",
+        "hub_redis_reconnects_total",
+        "hub_history_reads_total",
+        "hub_redis_topic_moves_total",
+    ):
         assert metric(text, name) >= 0
 
 
-async def test_json_logs_are_one_object_per_line(gateway) -> None:
+async def test_json_logs_are_one_object_per_line(gateway: Gateways) -> None:
     hub = gateway({"HUB_LOG_FORMAT": "json"})
     hub.terminate()
     records = [json.loads(line) for line in hub.log_text().splitlines() if line.startswith("{")]

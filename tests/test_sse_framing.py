@@ -14,12 +14,15 @@ def parse_stream(raw: bytes) -> list[dict[str, str]]:
     """The event-stream interpretation algorithm, as a browser runs it."""
     text = raw.decode("utf-8")
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    events, data, event_type, last_id = [], [], "", ""
+    events: list[dict[str, str]] = []
+    data: list[str] = []
+    event_type, last_id = "", ""
     for line in lines:
         if line == "":
             if data:
-                events.append({"id": last_id, "event": event_type or "message",
-                               "data": "\n".join(data)})
+                events.append(
+                    {"id": last_id, "event": event_type or "message", "data": "\n".join(data)}
+                )
             data, event_type = [], ""
             continue
         if line.startswith(":"):

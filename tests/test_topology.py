@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from processes import free_port
 
 from hub import topology
 from hub.config import ConfigError
-from processes import free_port
 
 
 def test_a_plain_url_is_one_server() -> None:
@@ -82,13 +82,27 @@ def test_the_gateway_refuses_a_bad_url_in_one_line() -> None:
             "redis+sentinel://127.0.0.1:{port}/hub",
             "no Sentinel at 127.0.0.1:{port} named a primary for 'hub' (none answered, or none monitors it)",
         ),
-        ("redis+cluster://127.0.0.1:{port}", "no cluster node answered CLUSTER SLOTS (127.0.0.1:{port}: "),
+        (
+            "redis+cluster://127.0.0.1:{port}",
+            "no cluster node answered CLUSTER SLOTS (127.0.0.1:{port}: ",
+        ),
     ],
 )
-def test_the_publisher_cli_names_an_unreachable_topology_in_one_line(url: str, message: str) -> None:
+def test_the_publisher_cli_names_an_unreachable_topology_in_one_line(
+    url: str, message: str
+) -> None:
     port = free_port()
     result = subprocess.run(
-        [sys.executable, "-m", "publisher.cli", "--redis-url", url.format(port=port), "send", "t", "x"],
+        [
+            sys.executable,
+            "-m",
+            "publisher.cli",
+            "--redis-url",
+            url.format(port=port),
+            "send",
+            "t",
+            "x",
+        ],
         env={"HUB_REDIS_TIMEOUT_SECONDS": "0.5", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
