@@ -216,7 +216,7 @@ class Fanout:
                         client.positions[resume.index] = after
                 elif composite:
                     await client.push_at_paced(resume.index, after, framed.body)
-                else:
+                elif not client.push_if_room(framed.frame):  # the common case waits for nothing
                     await client.push_paced(framed.frame)
                 self.counters.events_replayed += 1
             if client.ended:
