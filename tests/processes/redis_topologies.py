@@ -40,7 +40,11 @@ class _Processes:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # a start that failed half-way leaves no process behind
+            self.close()
+            raise
 
     def __exit__(
         self,
