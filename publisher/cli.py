@@ -254,13 +254,18 @@ def cmd_demo(args: argparse.Namespace, settings: Settings, out: Callable[[str], 
     check_topic(args.topic)
     check_event_type(args.type)
     delays: tuple[float, ...] = args.delays
-    start = time.monotonic()
     with Sender(settings, args.retry, gateway=_gateway(args)) as sender:
+        first_sent: float | None = None  # the schedule counts from the first event, once sent
         for n, delay in enumerate(delays, start=1):
-            time.sleep(max(0.0, start + delay - time.monotonic()))
+            if first_sent is None:
+                time.sleep(delay)
+            else:
+                time.sleep(max(0.0, first_sent + delay - delays[0] - time.monotonic()))
             message = f"demo event {n} of {len(delays)}, {delay:g} s after the first"
             data = json.dumps({"n": n, "message": message}, separators=(",", ":"))
             out(sender.text(args.topic, data, args.type))
+            if first_sent is None:
+                first_sent = time.monotonic()
 
 
 def read_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[str]:
