@@ -90,7 +90,6 @@ class GuardedProtocol(asyncio.Protocol):
         self._seen: _Transport | None = None
         self._in_headers = True  # until the first request's headers are complete
         self._header_bytes = 0
-        self._requests = 0  # requests whose headers are complete
         self._deadline: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._writing_paused = False
@@ -158,7 +157,6 @@ class GuardedProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
-        self._requests += 1
         self._start_deadline(self._limits.body_seconds)
 
     def on_message_complete(self) -> None:

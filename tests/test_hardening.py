@@ -24,7 +24,7 @@ import pytest
 import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from processes import Gateways, wait_until
+from processes import Gateway, Gateways, wait_until
 from sse_client import Listener, metric, publisher
 
 from hub.events import InvalidEvent
@@ -137,6 +137,31 @@ async def fill(redis_url: str, key_prefix: str, topic: str, events: int, size: i
             await pub.publish(topic, f"{n:06d}" + "x" * (size - 6))
 
 
+def never_reading_streams_grow_rss_by(hub: Gateway, request: bytes, count: int) -> float:
+    """Open `count` streams with `request` that never read; the gateway's peak RSS growth (MiB).
+
+    Returns once the gateway has dropped them all as slow and closed their sockets.
+    """
+    before = rss_mib(hub.pid)
+    with sockets() as stuck:
+        for _ in range(count):
+            sock = non_reading_socket(hub.port)
+            sock.sendall(request)
+            stuck.append(sock)
+        peak = PeakRss(hub.pid)
+        wait_until(
+            lambda: peak.sample() and slow_disconnects(hub.url) >= count,
+            30,
+            f"the {count} stalled clients dropped as slow",
+            observe=lambda: f"{slow_disconnects(hub.url):.0f} dropped",
+            interval=0.1,
+        )
+        wait_until(
+            lambda: server_connections(hub.port) == 0, 10, "the gateway closed their sockets"
+        )
+    return peak.mib - before
+
+
 def test_resuming_clients_that_never_read_hold_no_more_than_their_bound(
     gateway: Gateways, redis_url: str, key_prefix: str
 ) -> None:
@@ -148,26 +173,9 @@ def test_resuming_clients_that_never_read_hold_no_more_than_their_bound(
     """
     hub = gateway({"HUB_CLIENT_STALL_SECONDS": "2"})
     asyncio.run(fill(redis_url, key_prefix, "history", 1000, 10_000))
-    before = rss_mib(hub.pid)
-    with sockets() as stuck:
-        for _ in range(50):
-            sock = non_reading_socket(hub.port)
-            sock.sendall(
-                b"GET /events?topic=history&last_event_id=0-0 HTTP/1.1\r\nHost: hub\r\n\r\n"
-            )
-            stuck.append(sock)
-        peak = PeakRss(hub.pid)
-        wait_until(
-            lambda: peak.sample() and slow_disconnects(hub.url) >= 50,
-            30,
-            "the 50 stalled clients dropped as slow",
-            observe=lambda: f"{slow_disconnects(hub.url):.0f} dropped",
-            interval=0.1,
-        )
-        assert peak.mib - before < 80, f"RSS grew by {peak.mib - before:.0f} MiB (bound 80 MiB)"
-        wait_until(
-            lambda: server_connections(hub.port) == 0, 10, "the gateway closed their sockets"
-        )
+    request = b"GET /events?topic=history&last_event_id=0-0 HTTP/1.1\r\nHost: hub\r\n\r\n"
+    grew = never_reading_streams_grow_rss_by(hub, request, count=50)
+    assert grew < 80, f"RSS grew by {grew:.0f} MiB (bound 80 MiB)"
     assert hub.returncode is None
 
 
@@ -183,28 +191,11 @@ def test_a_resume_on_many_topics_holds_a_page_per_topic_at_most_its_bound(
         await asyncio.gather(*(fill(redis_url, key_prefix, topic, 300, 10_000) for topic in topics))
 
     asyncio.run(fill_all())
-    before = rss_mib(hub.pid)
     query = "&".join(f"topic={topic}" for topic in topics)
     cursor = ".".join(["0"] * (len(topics) + 1))
-    with sockets() as stuck:
-        for _ in range(10):
-            sock = non_reading_socket(hub.port)
-            sock.sendall(
-                f"GET /events?{query}&last_event_id={cursor} HTTP/1.1\r\nHost: hub\r\n\r\n".encode()
-            )
-            stuck.append(sock)
-        peak = PeakRss(hub.pid)
-        wait_until(
-            lambda: peak.sample() and slow_disconnects(hub.url) >= 10,
-            30,
-            "the 10 stalled clients dropped as slow",
-            observe=lambda: f"{slow_disconnects(hub.url):.0f} dropped",
-            interval=0.1,
-        )
-        assert peak.mib - before < 80, f"RSS grew by {peak.mib - before:.0f} MiB (bound 80 MiB)"
-        wait_until(
-            lambda: server_connections(hub.port) == 0, 10, "the gateway closed their sockets"
-        )
+    request = f"GET /events?{query}&last_event_id={cursor} HTTP/1.1\r\nHost: hub\r\n\r\n"
+    grew = never_reading_streams_grow_rss_by(hub, request.encode(), count=10)
+    assert grew < 80, f"RSS grew by {grew:.0f} MiB (bound 80 MiB)"
 
 
 def test_live_clients_dropped_as_slow_have_their_sockets_closed(
