@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 from hub import sse
-from hub.client_connection import ClientConnection
+from hub.client_connection import ClientConnection, Flusher
 from hub.events import ORIGIN, Event, StreamId, format_id
 from hub.history import History, Page
 from hub.primaries import Primaries
@@ -127,6 +127,9 @@ class Fanout:
         self._history = history
         self._timeout = timeout
         self.subscription = Subscription(primaries, keys, self, timeout)
+        self.flusher = Flusher()
+        """Writes the clients' sockets: right after each read from Redis, and once per loop
+        turn for what else queues frames (replays, heartbeats)."""
         self.counters = Counters()
 
     async def __aenter__(self) -> Fanout:
@@ -151,7 +154,7 @@ class Fanout:
             topic = self._topics.get(name)
             if topic is None:
                 topic = self._topics[name] = Topic(name)
-                await self.subscription.subscribe(name)
+                self.subscription.subscribe(name)
             topic.waiters += 1
             topics.append(topic)
         try:
@@ -278,12 +281,11 @@ class Fanout:
             del self._topics[topic.name]
             if topic.catching_up is not None:
                 topic.catching_up.cancel()
-            task = asyncio.create_task(self._unsubscribe_unless_wanted(topic.name))
-            task.add_done_callback(_log_failure)
+            asyncio.get_running_loop().call_soon(self._unsubscribe_unless_wanted, topic.name)
 
-    async def _unsubscribe_unless_wanted(self, name: str) -> None:
+    def _unsubscribe_unless_wanted(self, name: str) -> None:
         if name not in self._topics:  # a client may have come back for it meanwhile
-            await self.subscription.unsubscribe(name)
+            self.subscription.unsubscribe(name)
 
     # -- events from Redis ---------------------------------------------------
 
@@ -291,6 +293,9 @@ class Fanout:
         topic = self._topics.get(name)
         if topic is not None:
             self._catch_up(topic)
+
+    def on_replies_done(self) -> None:
+        self.flusher.flush()
 
     def on_message(self, name: str, message: bytes) -> None:
         topic = self._topics.get(name)
@@ -403,8 +408,3 @@ class Fanout:
                 self._deliver(topic, framed)
             if page.complete:
                 return
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("unsubscribing failed: %s", task.exception())

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Send
 
 from hub import sse, topology
-from hub.client_connection import ClientConnection, Ending, Flusher
+from hub.client_connection import ClientConnection, Ending
 from hub.config import Settings
 from hub.events import StreamId
 from hub.fanout import Fanout, Resume, Unavailable
@@ -93,7 +93,7 @@ class Gateway:
         self.metrics.watch(self.figures)
         self.streams: set[ClientConnection] = set()
         self._bytes_sent_by_ended = 0
-        self._flusher = Flusher()
+        self.streams_ended = 0
         self.slow_disconnects = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self._stall_sweep: asyncio.Task[None] | None = None
@@ -134,7 +134,7 @@ class Gateway:
             topics,
             [(0, 0)] * len(topics),
             self.settings.client_buffer_bytes,
-            self._flusher,
+            self.fanout.flusher,
             self._ended,
         )
         self.streams.add(client)
@@ -191,6 +191,7 @@ class Gateway:
 
     def _ended(self, client: ClientConnection, ending: Ending) -> None:
         self.streams.discard(client)
+        self.streams_ended += 1
         self._bytes_sent_by_ended += client.bytes_sent
         self.fanout.detach(client)
         if ending is Ending.SLOW:
@@ -212,7 +213,7 @@ class Gateway:
         stall = self.settings.client_stall_seconds
         while True:
             await asyncio.sleep(min(1.0, stall / 4))
-            self._flusher.drop_stalled(stall)
+            self.fanout.flusher.drop_stalled(stall)
 
     async def _beat(self) -> None:
         while True:

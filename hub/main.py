@@ -23,6 +23,7 @@ from hub.config import ConfigError, Settings
 from hub.connection_guard import Limits, guarded
 from hub.embedded import embedded_redis
 from hub.gateway import Gateway
+from hub.heap import FrozenHeap
 from hub.workers import WORKER_FLAG, listening_socket, supervise
 
 log = logging.getLogger("hub")
@@ -54,6 +55,9 @@ async def serve(settings: Settings, worker: bool = False) -> None:
             url = await stack.enter_async_context(embedded_redis())
             settings = dataclasses.replace(settings, redis_url=url)
         gateway = await stack.enter_async_context(Gateway(settings))
+        await stack.enter_async_context(
+            FrozenHeap(lambda: len(gateway.streams), lambda: gateway.streams_ended)
+        )
         limits = Limits(
             # Room for the longest request line and header block the app accepts; the
             # app then answers 414 or 431 with the exact limit.

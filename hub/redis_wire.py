@@ -1,41 +1,95 @@
-"""A Redis connection driven reply by reply: the hub's one use of redis-py below its client API.
+"""A Redis connection whose replies arrive as callbacks: the hub's one use of redis-py below its client API.
 
-The gateway's pub/sub reader must own its reconnect loop and read without a
-deadline per reply (a deadline per read costs more than the parsing at high
-rates; a watchdog finds a silent connection instead). redis-py's `PubSub`
-offers neither (redis/redis-py#2089, #3979), so the subscription drives a raw
-`Connection`: connect, send packed commands, read one reply, disconnect.
+The gateway's pub/sub reader must own its reconnect loop, and it must cost as
+little per message as the system calls do: redis-py's `PubSub` offers neither
+(redis/redis-py#2089, #3979), and reading reply by reply through its
+connection costs a coroutine wake-up per message. So redis-py makes the
+connection (address, TLS, `AUTH`/`HELLO`, with the node's options) and the
+wire then takes its transport over: every chunk of bytes the socket delivers
+is parsed at once with hiredis, and all the complete replies in it go to the
+listener in one call, from the event loop's own I/O callback.
 Everything that relies on how redis-py does that lives here, and
-tests/test_library_adapters.py checks it against the installed version
-(`read_response(timeout=math.inf)` blocks past the socket timeout, and replies
-come as RESP2 lists).
+tests/test_library_adapters.py checks it against the installed version (the
+connection's transport is reachable once connected, and replies come as RESP2
+lists).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import hiredis
 import redis.asyncio
+from redis._parsers.base import BaseParser
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse
 
 Command = Sequence[str | bytes | int]
+Replies = Callable[[list[Any]], None]
+"""Receives every reply that a chunk of bytes completed, oldest first; an error reply is
+the exception redis-py would raise for it (`MovedError`, `ResponseError`...), not raised."""
+
+
+class _Feed(asyncio.Protocol):
+    def __init__(self, on_replies: Replies, closed: asyncio.Future[None]) -> None:
+        self._reader = hiredis.Reader(
+            protocolError=InvalidResponse, replyError=BaseParser.parse_error
+        )
+        self._on_replies = on_replies
+        self._closed = closed
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        replies = []
+        try:
+            reply = reader.gets()
+            while reply is not False:
+                replies.append(reply)
+                reply = reader.gets()
+        except InvalidResponse as exc:
+            self._close(exc)
+        if replies:
+            self._on_replies(replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close(RedisConnectionError(f"connection lost: {exc or 'closed'}"))
+
+    def _close(self, exc: Exception) -> None:
+        if not self._closed.done():
+            self._closed.set_exception(exc)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class Wire:
-    """One connection; `read` waits for the next reply for as long as it takes."""
+    """One connection: `send` writes commands, its replies go to the callback it was made
+    with, and `closed` fails with the reason once the connection is lost."""
 
     def __init__(self, connection: redis.asyncio.Connection) -> None:
         self._connection = connection
+        self._transport: asyncio.WriteTransport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Retrieved at once: nobody need wait for a wire that is closed on purpose.
+        self.closed.add_done_callback(_retrieve)
 
-    async def send(self, commands: Sequence[Command]) -> None:
-        await self._connection.send_packed_command(self._connection.pack_commands(commands))
-
-    async def read(self) -> Any:
-        return await self._connection.read_response(timeout=math.inf)
+    def send(self, commands: Sequence[Command]) -> None:
+        """Queue `commands` for sending; a lost connection shows in `closed`."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(self._connection.pack_commands(commands))
 
     async def close(self) -> None:
-        await self._connection.disconnect()
+        # Once the wire has the transport, redis-py's protocol never hears it close:
+        # waiting for that would time out.
+        await self._connection.disconnect(nowait=self._transport is not None)
+        if not self.closed.done():
+            self.closed.set_exception(RedisConnectionError("closed"))
 
 
 class WireFactory:
@@ -45,11 +99,16 @@ class WireFactory:
         # RESP2 keeps pub/sub messages plain replies, whatever the client's default.
         self._pool = redis.asyncio.ConnectionPool(**options, protocol=2)
 
-    async def connect(self) -> Wire:
+    async def connect(self, on_replies: Replies) -> Wire:
+        """A connected wire whose replies go to `on_replies`."""
         connection: redis.asyncio.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
         wire = Wire(connection)
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
+            transport: asyncio.WriteTransport = connection._writer.transport  # type: ignore[union-attr]
+            # The handshake's replies have all been read: nothing is left buffered.
+            transport.set_protocol(_Feed(on_replies, wire.closed))
+            wire._transport = transport
         except BaseException:
             await wire.close()
             raise

@@ -24,15 +24,17 @@ def event_body(event_type: str, data: str) -> bytes:
     line, which the browser joins back with `\\n`.
     """
     head = f"event: {event_type}\n" if event_type else ""
+    if "\n" not in data and "\r" not in data:  # most events: one line, no splitting
+        return f"{head}data: {data}\n\n".encode()
     lines = _LINE_BREAK.split(data)
-    return (head + "".join(f"data: {line}\n" for line in lines) + "\n").encode("utf-8")
+    return (head + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
 
 
 def id_line(cursor: str) -> bytes:
     return f"id: {cursor}\n".encode("ascii")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see `Event`
 class Framed:
     """An event with its wire bytes, built once and shared by every client.
 
@@ -51,7 +53,7 @@ class Framed:
         if event.malformed:
             return cls(event, b"", b"")
         body = event_body(event.type, event.data)
-        return cls(event, body, id_line(format_id(event.id)) + body)
+        return cls(event, body, b"id: %d-%d\n%b" % (*event.id, body))
 
 
 def frame_of(event: Event) -> bytes:

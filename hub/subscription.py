@@ -21,7 +21,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.exceptions import MovedError, RedisError, ResponseError
 
@@ -39,6 +39,8 @@ REFRESH_SECONDS = 5.0
 class Listener(Protocol):
     def on_subscribed(self, topic: str) -> None: ...
     def on_message(self, topic: str, message: bytes) -> None: ...
+    def on_replies_done(self) -> None:
+        """Every message of one read from Redis has been handled."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class NodeSubscription:
         self.connected = False
         self.reconnects = 0
         self._heard = False
+        self._outbox: list[tuple[str, ...]] = []
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"redis-subscription {self.node.name}")
@@ -96,38 +99,42 @@ class NodeSubscription:
                 pass
         await self._wires.aclose()
 
-    async def subscribe(self, topic: str) -> None:
+    def subscribe(self, topic: str) -> None:
         """Want `topic`; the listener hears `on_subscribed` once Redis confirms."""
         self.topics.add(topic)
-        await self._send([topic], self._verbs.subscribe)
+        self._send([topic], self._verbs.subscribe)
 
-    async def unsubscribe(self, topic: str) -> None:
+    def unsubscribe(self, topic: str) -> None:
         self.topics.discard(topic)
-        await self._send([topic], self._verbs.unsubscribe)
+        self._send([topic], self._verbs.unsubscribe)
 
-    async def _send(self, topics: list[str], verb: str) -> None:
-        wire = self._wire
-        if wire is None or not self.connected or not topics:
+    def _send(self, topics: list[str], verb: str) -> None:
+        """Queue the command for `topics`; what one loop turn queues goes in one write."""
+        if self._wire is None or not self.connected or not topics:
             return  # the reconnect loop subscribes to everything wanted
         channels = [self._keys.channel(topic) for topic in topics]
         size = self._verbs.channels_per_command or len(channels)
-        commands = [(verb, *channels[i : i + size]) for i in range(0, len(channels), size)]
-        try:
-            await wire.send(commands)
-        except (RedisError, OSError) as exc:
-            log.debug("sending %s failed (%s); the reconnect loop takes over", verb, exc)
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._send_outbox)
+        self._outbox += [(verb, *channels[i : i + size]) for i in range(0, len(channels), size)]
+
+    def _send_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if self._wire is not None and outbox:
+            self._wire.send(outbox)
 
     async def _run(self) -> None:
         delay = 0.05
         while True:
             wire: Wire | None = None
             try:
-                wire = self._wire = await self._wires.connect()
+                wire = self._wire = await self._wires.connect(self._on_replies)
                 self.connected = True
-                await self._send(list(self.topics), self._verbs.subscribe)
+                self._outbox = []
+                self._send(list(self.topics), self._verbs.subscribe)
                 log.info("redis subscription up at %s", self.node.name, extra={"event": "redis_up"})
                 delay = 0.05
-                await self._read(wire)
+                await self._listen(wire)
             except (RedisError, OSError) as exc:
                 if self.connected:
                     self.reconnects += 1
@@ -146,27 +153,27 @@ class NodeSubscription:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 2.0)
 
-    async def _read(self, wire: Wire) -> None:
+    async def _listen(self, wire: Wire) -> None:
         watchdog = asyncio.create_task(self._watch(wire))
         try:
-            while True:
-                try:
-                    reply = await wire.read()
-                except MovedError:
-                    self._heard = True
-                    self._on_trouble(self.node)  # a topic's slot is served elsewhere now
-                    continue
-                except ResponseError as exc:
-                    self._heard = True
-                    log.error("redis refused a subscription at %s: %s", self.node.name, exc)
-                    continue
-                self._heard = True
+            await wire.closed
+        finally:
+            watchdog.cancel()
+
+    def _on_replies(self, replies: list[Any]) -> None:
+        """Every reply one read brought, in order; then the listener's clients are written."""
+        self._heard = True
+        for reply in replies:
+            if isinstance(reply, MovedError):
+                self._on_trouble(self.node)  # a topic's slot is served elsewhere now
+            elif isinstance(reply, ResponseError):
+                log.error("redis refused a subscription at %s: %s", self.node.name, reply)
+            else:
                 try:
                     self._dispatch(reply)
                 except Exception:  # a bug in handling one message must not stop the feed
                     log.exception("handling a message from redis failed")
-        finally:
-            watchdog.cancel()
+        self._listener.on_replies_done()
 
     async def _watch(self, wire: Wire) -> None:
         """PING a connection that has been quiet; drop it if the answer does not come in time."""
@@ -176,7 +183,7 @@ class NodeSubscription:
             await asyncio.sleep(idle)
             if self._heard:
                 continue
-            await wire.send([("PING",)])
+            wire.send([("PING",)])
             await asyncio.sleep(self._timeout)
             if not self._heard:
                 log.warning(
@@ -257,17 +264,17 @@ class Subscription:
         """Primaries this gateway holds a live pub/sub connection to."""
         return sum(node.connected for node in self._nodes.values())
 
-    async def subscribe(self, topic: str) -> None:
+    def subscribe(self, topic: str) -> None:
         """Want `topic`; the listener hears `on_subscribed` once Redis confirms."""
         self._wanted.add(topic)
         if self._known:
-            await self._place(topic)
+            self._place(topic)
 
-    async def unsubscribe(self, topic: str) -> None:
+    def unsubscribe(self, topic: str) -> None:
         self._wanted.discard(topic)
         node = self._placed.pop(topic, None)
         if node is not None:
-            await node.unsubscribe(topic)
+            node.unsubscribe(topic)
 
     def _on_trouble(self, node: Node | None) -> None:
         """A connection was lost (no node), or `node` gave a topic's slot up: learn again.
@@ -315,7 +322,7 @@ class Subscription:
                 self._nodes[name] = subscription
                 subscription.start()
         for topic in list(self._wanted):
-            await self._place(topic)
+            self._place(topic)
         for name in [name for name in self._nodes if name not in primaries]:
             if not self._nodes[name].topics:
                 log.info("redis node %s is no longer a primary", name)
@@ -323,7 +330,7 @@ class Subscription:
                 self._reconnects_of_closed += gone.reconnects
                 await gone.aclose()
 
-    async def _place(self, topic: str) -> None:
+    def _place(self, topic: str) -> None:
         """Subscribe `topic` on its owner, leaving the node it was on, if that changed."""
         try:
             owner = self._nodes.get(self._topology.owner(self._keys.channel(topic)).name)
@@ -334,6 +341,6 @@ class Subscription:
             return
         if placed is not None and placed is not owner:
             self.moves += 1
-            await placed.unsubscribe(topic)
+            placed.unsubscribe(topic)
         self._placed[topic] = owner
-        await owner.subscribe(topic)
+        owner.subscribe(topic)

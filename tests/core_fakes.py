@@ -170,12 +170,12 @@ class FakeSubscription:
     async def __aexit__(self, *exc_info: object) -> None:
         pass
 
-    async def subscribe(self, topic: str) -> None:
+    def subscribe(self, topic: str) -> None:
         self.subscribed.append(topic)
         if self.confirm:
             asyncio.get_running_loop().call_soon(self._fanout.on_subscribed, topic)
 
-    async def unsubscribe(self, topic: str) -> None:
+    def unsubscribe(self, topic: str) -> None:
         self.unsubscribed.append(topic)
 
 
@@ -397,7 +397,7 @@ async def core(
                     history,
                     fanout,
                     subscription,
-                    Flusher(),
+                    fanout.flusher,
                     Writer(client, keys),
                 )
                 try:

@@ -28,28 +28,59 @@ pytestmark = pytest.mark.anyio
 LIMITS = Limits(max_header_bytes=65_536, header_seconds=5, body_seconds=5, linger_seconds=5)
 
 
-async def test_a_wire_reads_without_a_deadline_past_the_socket_timeout(
+async def test_a_wire_hands_over_replies_without_a_deadline_past_the_socket_timeout(
     redis_url: str, key_prefix: str
 ) -> None:
     host, port = redis_url.removeprefix("redis://").split(":")
     wires = WireFactory({"host": host, "port": int(port), "socket_timeout": 0.2})
     channel = f"{key_prefix}wire"
-    wire = await wires.connect()
+    replies: asyncio.Queue[Any] = asyncio.Queue()
+
+    def hand_over(batch: list[Any]) -> None:
+        for reply in batch:
+            replies.put_nowait(reply)
+
+    wire = await wires.connect(hand_over)
     try:
-        await wire.send([("SUBSCRIBE", channel)])
-        assert await wire.read() == [b"subscribe", channel.encode(), 1], (
+        wire.send([("SUBSCRIBE", channel)])
+        assert await asyncio.wait_for(replies.get(), 10) == [b"subscribe", channel.encode(), 1], (
             "RESP2 replies are plain lists"
         )
 
         async def publish_later() -> None:
-            await asyncio.sleep(0.6)  # three socket timeouts: the read must not give up
+            await asyncio.sleep(0.6)  # three socket timeouts: the wire must not give up
             async with redis.asyncio.Redis.from_url(redis_url) as client:
                 await client.publish(channel, b"late")
 
         publishing = asyncio.create_task(publish_later())
-        reply = await asyncio.wait_for(wire.read(), 10)
+        reply = await asyncio.wait_for(replies.get(), 10)
         await publishing
         assert reply == [b"message", channel.encode(), b"late"]
+        assert not wire.closed.done()
+    finally:
+        await wire.close()
+        await wires.aclose()
+
+
+async def test_a_wire_reports_its_connection_lost_and_error_replies_as_exceptions(
+    redis_url: str, key_prefix: str
+) -> None:
+    host, port = redis_url.removeprefix("redis://").split(":")
+    wires = WireFactory({"host": host, "port": int(port)})
+    replies: list[Any] = []
+    wire = await wires.connect(replies.extend)
+    try:
+        wire.send([("NO-SUCH-COMMAND",), ("CLIENT", "ID")])
+        for _ in range(100):
+            if len(replies) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert isinstance(replies[0], redis.exceptions.ResponseError)
+        assert isinstance(replies[1], int)
+        async with redis.asyncio.Redis.from_url(redis_url) as client:
+            await client.execute_command("CLIENT", "KILL", "ID", replies[1])  # type: ignore[no-untyped-call]
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await asyncio.wait_for(wire.closed, 10)
     finally:
         await wire.close()
         await wires.aclose()
