@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.types import Receive, Send
 
-from hub import cursor
+from hub import cursor, sse
 from hub.events import StreamId
 from hub.server import run_eagerly
 
@@ -87,6 +87,7 @@ class ClientConnection:
         "_ending",
         "_finished",
         "_flusher",
+        "_heartbeat_mark",
         "_limit",
         "_on_end",
         "_pending",
@@ -113,6 +114,7 @@ class ClientConnection:
         self._flusher = flusher
         self._chunks: list[bytes] = []
         self._pending = 0
+        self._heartbeat_mark = 0
         self._dirty = False
         self._send: Send | None = None
         self._blocked: asyncio.Task[None] | None = None
@@ -187,6 +189,12 @@ class ClientConnection:
         """Queue an event of topic `index` on a connection with a composite cursor."""
         self.positions[index] = sid
         self.push(b"id: " + cursor.encode(self.positions).encode() + b"\n" + body)
+
+    def heartbeat_if_quiet(self) -> None:
+        """Queue a heartbeat unless bytes were sent or queued since the last call."""
+        if self.bytes_sent + self._pending == self._heartbeat_mark:
+            self.push(sse.HEARTBEAT)
+        self._heartbeat_mark = self.bytes_sent + self._pending
 
     async def drained(self) -> None:
         """Wait until everything queued so far has been handed to the server."""

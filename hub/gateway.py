@@ -31,6 +31,8 @@ log = logging.getLogger("hub.gateway")
 TRUNCATED_HEADER = "Hub-Replay-Truncated"
 REDIS_CONNECTIONS = 16
 """Connections per Redis primary for history reads."""
+HEARTBEAT_STEPS = 20
+"""Slices of the streams that beat one after the other over one heartbeat interval."""
 REPLAY_PAGE_BYTES = 262_144
 """Most entry bytes in one history page: a resuming client that stops reading pins one."""
 
@@ -155,6 +157,9 @@ class Gateway:
         """Write the stream until it ends; the response has started."""
         client = opened.client
         client.push(sse.retry(self.retry_hint()))
+        if not opened.resumes:
+            await client.run(send, receive)
+            return
         replay = asyncio.create_task(self._replay(client, opened.resumes))
         try:
             await client.run(send, receive)
@@ -216,7 +221,15 @@ class Gateway:
             self.fanout.flusher.drop_stalled(stall)
 
     async def _beat(self) -> None:
+        """Each stream is looked at once per interval, and beats if it sent nothing since.
+
+        The streams are spread over the interval in `HEARTBEAT_STEPS` slices: ten
+        thousand writes at once would hold every event back while they are made.
+        """
+        step = self.settings.heartbeat_seconds / HEARTBEAT_STEPS
         while True:
-            await asyncio.sleep(self.settings.heartbeat_seconds)
-            for client in list(self.streams):
-                client.push(sse.HEARTBEAT)
+            clients = list(self.streams)
+            for first in range(HEARTBEAT_STEPS):
+                await asyncio.sleep(step)
+                for client in clients[first::HEARTBEAT_STEPS]:
+                    client.heartbeat_if_quiet()

@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
+
+from redis.exceptions import RedisError
 
 from hub.events import ORIGIN, Event, StreamId, format_id, parse_id
 from hub.primaries import Command, Primaries
@@ -26,6 +29,8 @@ from hub.sse import Framed
 from hub.topics import Keys
 
 SHARE_SECONDS = 1.0
+TAILS_PER_READ = 1000
+"""Most tails read in one round trip."""
 FIRST_STEP = 16
 """Entries asked for by a page's first read; most resumes miss fewer."""
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -56,6 +61,7 @@ class History:
         self.page_bytes = page_bytes
         self._tickets = itertools.count(1)
         self._reads: dict[tuple[str, StreamId], _Read] = {}
+        self._tails: dict[str, asyncio.Future[StreamId]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self.reads_done = 0
         self.malformed_skipped = 0
@@ -65,9 +71,56 @@ class History:
         return next(self._tickets)
 
     async def tail(self, topic: str) -> StreamId:
-        """The ID of the topic's newest event, or `ORIGIN` when it has none."""
-        newest = cast(Entries, await self._read(topic, "XREVRANGE", "+", "-", "COUNT", 1))
-        return parse_id(newest[0][0].decode()) if newest else ORIGIN
+        """The ID of the topic's newest event, or `ORIGIN` when it has none.
+
+        The tails asked for in one turn of the event loop are read together, in one
+        round trip per primary: when thousands of clients join at once, each on a
+        topic of its own, their reads do not queue one behind the other.
+        """
+        wanted = self._tails.get(topic)
+        if wanted is None:
+            if not self._tails:
+                asyncio.get_running_loop().call_soon(self._read_tails)
+            wanted = self._tails[topic] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(wanted)
+
+    def _read_tails(self) -> None:
+        tails, self._tails = self._tails, {}
+        groups: dict[str, list[str]] = {}
+        for topic in tails:
+            try:
+                owner = self._primaries.topology.owner(self._keys.stream(topic)).name
+            except RedisError:
+                owner = ""  # unknown for now: the read learns the topology again
+            groups.setdefault(owner, []).append(topic)
+        for group in groups.values():
+            for start in range(0, len(group), TAILS_PER_READ):
+                chunk = {topic: tails[topic] for topic in group[start : start + TAILS_PER_READ]}
+                self._spawn(self._read_tail_group(chunk))
+
+    async def _read_tail_group(self, tails: dict[str, asyncio.Future[StreamId]]) -> None:
+        keys = [self._keys.stream(topic) for topic in tails]
+        words: list[Command] = [("XREVRANGE", key, "+", "-", "COUNT", 1) for key in keys]
+        try:
+            results = await self._primaries.run(keys[0], lambda node: words, idempotent=True)
+        except Exception as exc:
+            if len(tails) > 1:  # perhaps not all on one primary any more: each on its own
+                for topic, wanted in tails.items():
+                    self._spawn(self._read_tail_group({topic: wanted}))
+                return
+            for wanted in tails.values():
+                if not wanted.done():
+                    wanted.set_exception(exc)
+            return
+        for wanted, newest in zip(tails.values(), results, strict=True):
+            if not wanted.done():
+                entries = cast(Entries, newest)
+                wanted.set_result(parse_id(entries[0][0].decode()) if entries else ORIGIN)
+
+    def _spawn(self, read: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(read)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def contains(self, topic: str, sid: StreamId) -> bool:
         text = format_id(sid)
@@ -84,9 +137,7 @@ class History:
         ):
             read = _Read(self.ticket())
             self._reads[key] = read
-            task = asyncio.create_task(self._run(key, read))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._spawn(self._run(key, read))
         return await asyncio.shield(read.result)
 
     async def _run(self, key: tuple[str, StreamId], read: _Read) -> None:

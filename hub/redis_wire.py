@@ -32,13 +32,26 @@ Replies = Callable[[list[Any]], None]
 the exception redis-py would raise for it (`MovedError`, `ResponseError`...), not raised."""
 
 
+GATHER_SECONDS = 0.002
+"""While replies come closer together than this, the wire reads at most once per this
+long: each read then brings many, and its costs (the poll, the system call, the
+clients' writes being gathered per read) are shared by all of them. A lone reply
+is read at once."""
+
+
 class _Feed(asyncio.Protocol):
-    def __init__(self, on_replies: Replies, closed: asyncio.Future[None]) -> None:
+    def __init__(
+        self, transport: asyncio.ReadTransport, on_replies: Replies, closed: asyncio.Future[None]
+    ) -> None:
         self._reader = hiredis.Reader(
             protocolError=InvalidResponse, replyError=BaseParser.parse_error
         )
+        self._transport = transport
         self._on_replies = on_replies
         self._closed = closed
+        self._loop = asyncio.get_running_loop()
+        self._last_read = -GATHER_SECONDS
+        self._paused = False
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -53,6 +66,17 @@ class _Feed(asyncio.Protocol):
             self._close(exc)
         if replies:
             self._on_replies(replies)
+        now = self._loop.time()
+        if now - self._last_read < GATHER_SECONDS and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+            self._loop.call_at(self._last_read + GATHER_SECONDS, self._resume)
+        self._last_read = now
+
+    def _resume(self) -> None:
+        self._paused = False
+        if not self._closed.done():
+            self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._close(RedisConnectionError(f"connection lost: {exc or 'closed'}"))
@@ -105,9 +129,9 @@ class WireFactory:
         wire = Wire(connection)
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
-            transport: asyncio.WriteTransport = connection._writer.transport  # type: ignore[union-attr]
+            transport: asyncio.Transport = connection._writer.transport  # type: ignore[union-attr,assignment]
             # The handshake's replies have all been read: nothing is left buffered.
-            transport.set_protocol(_Feed(on_replies, wire.closed))
+            transport.set_protocol(_Feed(transport, on_replies, wire.closed))
             wire._transport = transport
         except BaseException:
             await wire.close()

@@ -142,8 +142,10 @@ class FlakyPrimaries(Primaries):
     """Real primaries whose next `fail` reads raise as if Redis had gone away."""
 
     fail = 0
+    calls = 0
 
     async def run(self, key: str, commands: Commands, *, idempotent: bool) -> list[Any]:
+        self.calls += 1
         if self.fail:
             self.fail -= 1
             await asyncio.sleep(0)  # fail while others may join the read

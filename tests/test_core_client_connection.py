@@ -13,7 +13,7 @@ import asyncio
 import pytest
 from core_fakes import Client, Socket, parse_frames, wait_until
 
-from hub import cursor
+from hub import cursor, sse
 from hub.client_connection import REPLAY_WINDOW, ClientConnection, Ending, Flusher
 
 pytestmark = pytest.mark.anyio
@@ -266,4 +266,25 @@ async def test_composite_pushes_carry_the_cursor_of_every_topic() -> None:
         (cursor.encode([(8, 2), (9, 0)]), "two"),
     ]
     assert client.connection.cursor() == cursor.encode([(8, 2), (9, 0)])
+    await client.close()
+
+
+# -- heartbeats --------------------------------------------------------------------------
+
+
+async def test_a_heartbeat_goes_only_to_a_stream_that_sent_nothing_since_the_last_look() -> None:
+    client = Client(("t",), Flusher()).start()
+    beats = lambda: client.socket.stream.count(sse.HEARTBEAT)  # noqa: E731
+
+    client.connection.heartbeat_if_quiet()
+    await wait_until(lambda: beats() == 1, beats)
+    client.connection.heartbeat_if_quiet()  # only its own heartbeat went out since
+    await wait_until(lambda: beats() == 2, beats)
+
+    client.connection.push(frame(1))
+    client.connection.heartbeat_if_quiet()  # an event came since the last look: no heartbeat
+    await wait_until(lambda: len(client.frames) == 1, lambda: client.frames)
+    assert beats() == 2
+    client.connection.heartbeat_if_quiet()  # nothing since: it beats again
+    await wait_until(lambda: beats() == 3, beats)
     await client.close()

@@ -215,3 +215,32 @@ async def test_tail_and_contains_read_the_stream_as_it_is(redis_url: str, key_pr
         assert (await history.page_after("news", s[0].id)).events[0].event.prev == s[1].id, (
             "what follows a trimmed cursor shows it: its prev is not the cursor"
         )
+
+
+async def test_the_tails_asked_for_together_are_read_in_one_round_trip(
+    redis_url: str, key_prefix: str
+) -> None:
+    async with reading(redis_url, key_prefix) as (history, writer, primaries):
+        newest = {
+            f"user/{n}": (await writer.publish_many(f"user/{n}", n % 3))[-1:] for n in range(50)
+        }
+        calls = primaries.calls
+        tails = await asyncio.gather(
+            *(history.tail(topic) for topic in newest), history.tail("user/1"), history.tail("none")
+        )
+        assert tails[:50] == [sent[0].id if sent else ORIGIN for sent in newest.values()]
+        assert tails[50] == tails[1], "the same topic twice shares the read"
+        assert tails[51] == ORIGIN
+        assert primaries.calls == calls + 1, "one round trip for all of them"
+
+
+async def test_a_failed_tail_read_fails_only_its_callers_and_the_next_one_reads_again(
+    redis_url: str, key_prefix: str
+) -> None:
+    async with reading(redis_url, key_prefix) as (history, writer, primaries):
+        sent = await writer.publish_many("news", 2)
+        primaries.fail = 3  # the shared read, then each topic's read of its own
+        with pytest.raises(RedisConnectionError):
+            await asyncio.gather(history.tail("news"), history.tail("sports"))
+        assert primaries.fail == 0
+        assert await history.tail("news") == sent[-1].id
