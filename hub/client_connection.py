@@ -21,6 +21,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.types import Receive, Send
 
@@ -83,15 +84,16 @@ class ClientConnection:
         "_blocked",
         "_chunks",
         "_dirty",
-        "_drained",
+        "_drain_waiter",
         "_ending",
-        "_finished",
         "_flusher",
         "_heartbeat_mark",
         "_limit",
+        "_listening",
         "_on_end",
         "_pending",
         "_send",
+        "_undrained",
         "bytes_sent",
         "positions",
         "stalled_since",
@@ -118,10 +120,12 @@ class ClientConnection:
         self._dirty = False
         self._send: Send | None = None
         self._blocked: asyncio.Task[None] | None = None
-        self._drained = asyncio.Event()
-        self._drained.set()
+        # A flag and a future made only when a replay waits: an `asyncio.Event` would
+        # cost every idle stream the best part of a kilobyte.
+        self._undrained = False
+        self._drain_waiter: asyncio.Future[None] | None = None
         self._ending: Ending | None = None
-        self._finished = asyncio.get_running_loop().create_future()
+        self._listening: asyncio.Task[Any] | None = None
         self._on_end = on_end
 
     @property
@@ -175,7 +179,7 @@ class ClientConnection:
         if self._ending is None:
             self._chunks.append(data)
             self._pending += len(data)
-            self._drained.clear()
+            self._undrained = True
             if not self._dirty:
                 self._dirty = True
                 self._flusher.mark(self)
@@ -198,7 +202,17 @@ class ClientConnection:
 
     async def drained(self) -> None:
         """Wait until everything queued so far has been handed to the server."""
-        await self._drained.wait()
+        if self._undrained:
+            if self._drain_waiter is None or self._drain_waiter.done():
+                self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+
+    def _set_drained(self) -> None:
+        self._undrained = False
+        if self._drain_waiter is not None:
+            if not self._drain_waiter.done():
+                self._drain_waiter.set_result(None)
+            self._drain_waiter = None
 
     def write(self) -> None:
         """Hand everything queued to the server in one write (the `Flusher` calls this)."""
@@ -213,7 +227,7 @@ class ClientConnection:
             self._send({"type": "http.response.body", "body": body, "more_body": True})
         )
         if rest is None:
-            self._drained.set()
+            self._set_drained()
         else:
             self._blocked = asyncio.create_task(self._finish_write(rest))
             self.stalled_since = asyncio.get_running_loop().time()
@@ -226,7 +240,7 @@ class ClientConnection:
         if self._chunks:
             self.write()
         else:
-            self._drained.set()
+            self._set_drained()
 
     def end(self, ending: Ending, last_words: bytes = b"") -> None:
         """End the stream: cleanly (with `last_words`) unless the client is slow or gone."""
@@ -243,19 +257,35 @@ class ClientConnection:
                 self._blocked.cancel()
         elif last_words:
             self._chunks.append(last_words)
-        self._drained.set()
-        if not self._finished.done():
-            self._finished.set_result(None)
+        self._set_drained()
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            listening.cancel()
         # Later, not now: the fan-out may be iterating over the set this client leaves.
         asyncio.get_running_loop().call_soon(self._on_end, self, ending)
 
     async def run(self, send: Send, receive: Receive) -> None:
-        """Stream until the stream ends; the response has started."""
+        """Stream until the stream ends; the response has started.
+
+        The stream's own task waits on the server to hear of the client leaving,
+        and an end that comes from elsewhere (a slow client, a shutdown, a token
+        that expired) wakes it by cancelling that wait: a second task per stream
+        to watch the server would cost every idle stream over a kilobyte.
+        """
         self._send = send
-        watcher = asyncio.create_task(self._watch(receive))
         try:
             self.write()
-            await self._finished
+            try:
+                while self._ending is None:
+                    self._listening = asyncio.current_task()
+                    message = await receive()
+                    self._listening = None
+                    if message["type"] == "http.disconnect":
+                        self.end(Ending.DISCONNECTED)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._ending is None or (task is not None and task.uncancel() > 0):
+                    raise  # not this stream's end: the server cancels it
             if self._ending is Ending.SLOW or self._ending is Ending.DISCONNECTED:
                 return  # the server closes a response left unfinished
             if self._blocked is not None:
@@ -264,10 +294,5 @@ class ClientConnection:
             self._chunks.clear()
             await send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
-            watcher.cancel()
+            self._listening = None
             self.end(Ending.DISCONNECTED)
-
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.end(Ending.DISCONNECTED)

@@ -43,6 +43,8 @@ def guarded(inner: type[asyncio.Protocol], limits: Limits) -> type[asyncio.Proto
     """A protocol class that builds `inner` with the server's arguments and guards it."""
 
     class Guarded(GuardedProtocol):
+        __slots__ = ()
+
         def __init__(self, **server_arguments: Any) -> None:
             super().__init__(inner(**server_arguments), limits)
 
@@ -81,6 +83,21 @@ class _Transport:
 
 
 class GuardedProtocol(asyncio.Protocol):
+    __slots__ = (  # one per connection: slots keep idle streams small
+        "_between_requests",
+        "_closed",
+        "_deadline",
+        "_header_bytes",
+        "_in_headers",
+        "_inner",
+        "_limits",
+        "_linger",
+        "_parser",
+        "_seen",
+        "_transport",
+        "_writing_paused",
+    )
+
     def __init__(self, inner: asyncio.Protocol, limits: Limits) -> None:
         self._inner = inner
         self._limits = limits

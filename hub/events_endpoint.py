@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from hub import cursor, sse
-from hub.auth import Authority, Forbidden, Unauthorized
+from hub.auth import Authority, Forbidden, Grant, Unauthorized
 from hub.client_connection import Ending
 from hub.fanout import Unavailable
-from hub.gateway import TRUNCATED_HEADER, Gateway
+from hub.gateway import TRUNCATED_HEADER, Gateway, Opened
 from hub.publish_request import BadRequest
 from hub.request_limits import ClientSlots, OverLimit, reply
 from hub.topics import InvalidTopic, check_topic
@@ -64,17 +64,26 @@ class EventsEndpoint:
         self.slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope)
-        if request.method not in ("GET", "HEAD"):
+        if scope["method"] not in ("GET", "HEAD"):
             await reply(scope, receive, send, "use GET for /events", 405)
             return
         try:
             with self.slots.hold(scope):
-                await self._stream(request, scope, receive, send)
+                started = await self._start(scope, receive, send)
+                if started is not None:
+                    await self._serve(*started, send, receive)
         except OverLimit as exc:
             await reply(scope, receive, send, str(exc), 429)
 
-    async def _stream(self, request: Request, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _start(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[Opened, Grant | None] | None:
+        """Register the stream and start its response; None when it was answered otherwise.
+
+        The request's parsed parts stay here: what the stream holds for its whole
+        life is only what `_serve` keeps.
+        """
+        request = Request(scope)
         try:
             topics, after = parse_stream_request(
                 request.query_params, request.headers, self.gateway.settings.max_topics
@@ -86,17 +95,17 @@ class EventsEndpoint:
                     {"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS}
                 )
                 await send({"type": "http.response.body", "body": b""})
-                return
+                return None
             opened = await self.gateway.open(topics, after)
         except BadRequest as exc:
             await reply(scope, receive, send, exc.reason, exc.status)
-            return
+            return None
         except Unauthorized as exc:
             await reply(scope, receive, send, str(exc), 401)
-            return
+            return None
         except Forbidden as exc:
             await reply(scope, receive, send, str(exc), 403)
-            return
+            return None
         except Unavailable as exc:
             # A browser never retries an EventSource answered with an error status;
             # an empty stream with a `retry:` hint makes it come back by itself.
@@ -104,11 +113,16 @@ class EventsEndpoint:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             body = sse.comment(f"redis unavailable: {exc}") + sse.retry(self.gateway.retry_hint())
             await send({"type": "http.response.body", "body": body})
-            return
+            return None
         headers = list(STREAM_HEADERS)
         if opened.truncated:
             headers.append((TRUNCATED_HEADER.lower().encode(), ",".join(opened.truncated).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        return opened, grant
+
+    async def _serve(
+        self, opened: Opened, grant: Grant | None, send: Send, receive: Receive
+    ) -> None:
         expiry = None
         if grant is not None and grant.expires is not None:
             # The stream ends when its token does; a reconnect with it is refused.

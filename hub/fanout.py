@@ -84,7 +84,11 @@ class Topic:
     simple: set[ClientConnection] = field(default_factory=set)
     composite: dict[ClientConnection, int] = field(default_factory=dict)
     joining: dict[ClientConnection, Joiner] = field(default_factory=dict)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    """Done once the topic's position is known; a future, not an `asyncio.Event`, which
+    would cost each topic the best part of a kilobyte."""
     waiters: int = 0
     catching_up: asyncio.Task[None] | None = None
     reread: bool = False
@@ -160,7 +164,8 @@ class Fanout:
         try:
             async with asyncio.timeout(self._timeout):
                 for topic in topics:
-                    await topic.ready.wait()
+                    if not topic.ready.done():
+                        await asyncio.shield(topic.ready)  # a waiter's timeout cancels none
         except BaseException as exc:
             for topic in topics:
                 topic.waiters -= 1
@@ -367,7 +372,7 @@ class Fanout:
                 topic.reread = False
                 if topic.position is None:
                     topic.position = await self._history.tail(topic.name)
-                    topic.ready.set()
+                    topic.ready.set_result(None)
                 else:
                     await self._deliver_history(topic, ticket)
             except Exception as exc:

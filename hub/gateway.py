@@ -157,10 +157,12 @@ class Gateway:
         """Write the stream until it ends; the response has started."""
         client = opened.client
         client.push(sse.retry(self.retry_hint()))
-        if not opened.resumes:
+        # The replay holds the first pages only while it needs them, not for the stream's life.
+        resumes, opened.resumes = opened.resumes, []
+        if not resumes:
             await client.run(send, receive)
             return
-        replay = asyncio.create_task(self._replay(client, opened.resumes))
+        replay = asyncio.create_task(self._replay(client, resumes))
         try:
             await client.run(send, receive)
         finally:
