@@ -24,7 +24,7 @@ from hub.connection_guard import Limits, guarded
 from hub.embedded import embedded_redis
 from hub.gateway import Gateway
 from hub.heap import FrozenHeap
-from hub.workers import WORKER_FLAG, listening_socket, supervise
+from hub.workers import LISTEN_BACKLOG, WORKER_FLAG, listening_socket, supervise
 
 log = logging.getLogger("hub")
 
@@ -75,6 +75,7 @@ async def serve(settings: Settings, worker: bool = False) -> None:
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=list(settings.trusted_proxies),
             ws="none",
+            backlog=LISTEN_BACKLOG,
             lifespan="on",
             log_config=None,
             access_log=False,

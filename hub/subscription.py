@@ -17,6 +17,7 @@ connection that goes silent is found with `PING` and a deadline.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -85,7 +86,7 @@ class NodeSubscription:
         self.connected = False
         self.reconnects = 0
         self._heard = False
-        self._outbox: list[tuple[str, ...]] = []
+        self._outbox: list[tuple[str, str]] = []  # (verb, channel)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"redis-subscription {self.node.name}")
@@ -112,16 +113,21 @@ class NodeSubscription:
         """Queue the command for `topics`; what one loop turn queues goes in one write."""
         if self._wire is None or not self.connected or not topics:
             return  # the reconnect loop subscribes to everything wanted
-        channels = [self._keys.channel(topic) for topic in topics]
-        size = self._verbs.channels_per_command or len(channels)
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._send_outbox)
-        self._outbox += [(verb, *channels[i : i + size]) for i in range(0, len(channels), size)]
+        self._outbox += [(verb, self._keys.channel(topic)) for topic in topics]
 
     def _send_outbox(self) -> None:
+        """Send what was queued, in order, each run of one verb as few commands as allowed."""
         outbox, self._outbox = self._outbox, []
-        if self._wire is not None and outbox:
-            self._wire.send(outbox)
+        if self._wire is None or not outbox:
+            return
+        size = self._verbs.channels_per_command or len(outbox)
+        commands: list[tuple[str, ...]] = []
+        for verb, run in itertools.groupby(outbox, key=lambda command: command[0]):
+            channels = [channel for _, channel in run]
+            commands += [(verb, *channels[i : i + size]) for i in range(0, len(channels), size)]
+        self._wire.send(commands)
 
     async def _run(self) -> None:
         delay = 0.05

@@ -21,6 +21,10 @@ from hub.embedded import embedded_redis
 
 log = logging.getLogger("hub.workers")
 WORKER_FLAG = "--worker"
+LISTEN_BACKLOG = 4096
+"""Connections the kernel holds for the gateway to accept (Linux caps it at
+net.core.somaxconn, 4096 by default): a login wave of thousands must not find
+the queue full and wait seconds to retry its connect."""
 
 
 def listening_socket(settings: Settings) -> socket.socket:
@@ -29,7 +33,7 @@ def listening_socket(settings: Settings) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((settings.host, settings.port))
-    sock.listen(2048)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
