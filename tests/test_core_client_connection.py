@@ -274,7 +274,9 @@ async def test_composite_pushes_carry_the_cursor_of_every_topic() -> None:
 
 async def test_a_heartbeat_goes_only_to_a_stream_that_sent_nothing_since_the_last_look() -> None:
     client = Client(("t",), Flusher()).start()
-    beats = lambda: client.socket.stream.count(sse.HEARTBEAT)  # noqa: E731
+
+    def beats() -> int:
+        return client.socket.stream.count(sse.HEARTBEAT)
 
     client.connection.heartbeat_if_quiet()
     await wait_until(lambda: beats() == 1, beats)
