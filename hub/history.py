@@ -29,8 +29,7 @@ from hub.sse import Framed
 from hub.topics import Keys
 
 SHARE_SECONDS = 1.0
-TAILS_PER_READ = 1000
-"""Most tails read in one round trip."""
+READS_PER_ROUND_TRIP = 1000
 FIRST_STEP = 16
 """Entries asked for by a page's first read; most resumes miss fewer."""
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -43,6 +42,15 @@ class Page:
 
     events: list[Framed]
     complete: bool
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A read command waiting for the next round trip to its primary."""
+
+    key: str
+    words: Command
+    wanted: asyncio.Future[Any]
 
 
 @dataclass
@@ -61,7 +69,7 @@ class History:
         self.page_bytes = page_bytes
         self._tickets = itertools.count(1)
         self._reads: dict[tuple[str, StreamId], _Read] = {}
-        self._tails: dict[str, asyncio.Future[StreamId]] = {}
+        self._queued: list[_Queued] = []
         self._running: set[asyncio.Task[None]] = set()
         self.reads_done = 0
         self.malformed_skipped = 0
@@ -71,51 +79,9 @@ class History:
         return next(self._tickets)
 
     async def tail(self, topic: str) -> StreamId:
-        """The ID of the topic's newest event, or `ORIGIN` when it has none.
-
-        The tails asked for in one turn of the event loop are read together, in one
-        round trip per primary: when thousands of clients join at once, each on a
-        topic of its own, their reads do not queue one behind the other.
-        """
-        wanted = self._tails.get(topic)
-        if wanted is None:
-            if not self._tails:
-                asyncio.get_running_loop().call_soon(self._read_tails)
-            wanted = self._tails[topic] = asyncio.get_running_loop().create_future()
-        return await asyncio.shield(wanted)
-
-    def _read_tails(self) -> None:
-        tails, self._tails = self._tails, {}
-        groups: dict[str, list[str]] = {}
-        for topic in tails:
-            try:
-                owner = self._primaries.topology.owner(self._keys.stream(topic)).name
-            except RedisError:
-                owner = ""  # unknown for now: the read learns the topology again
-            groups.setdefault(owner, []).append(topic)
-        for group in groups.values():
-            for start in range(0, len(group), TAILS_PER_READ):
-                chunk = {topic: tails[topic] for topic in group[start : start + TAILS_PER_READ]}
-                self._spawn(self._read_tail_group(chunk))
-
-    async def _read_tail_group(self, tails: dict[str, asyncio.Future[StreamId]]) -> None:
-        keys = [self._keys.stream(topic) for topic in tails]
-        words: list[Command] = [("XREVRANGE", key, "+", "-", "COUNT", 1) for key in keys]
-        try:
-            results = await self._primaries.run(keys[0], lambda node: words, idempotent=True)
-        except Exception as exc:
-            if len(tails) > 1:  # perhaps not all on one primary any more: each on its own
-                for topic, wanted in tails.items():
-                    self._spawn(self._read_tail_group({topic: wanted}))
-                return
-            for wanted in tails.values():
-                if not wanted.done():
-                    wanted.set_exception(exc)
-            return
-        for wanted, newest in zip(tails.values(), results, strict=True):
-            if not wanted.done():
-                entries = cast(Entries, newest)
-                wanted.set_result(parse_id(entries[0][0].decode()) if entries else ORIGIN)
+        """The ID of the topic's newest event, or `ORIGIN` when it has none."""
+        newest = cast(Entries, await self._read(topic, "XREVRANGE", "+", "-", "COUNT", 1))
+        return parse_id(newest[0][0].decode()) if newest else ORIGIN
 
     def _spawn(self, read: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(read)
@@ -183,11 +149,50 @@ class History:
             step = min(room, step * 4)
 
     async def _read(self, topic: str, command: str, *arguments: str | int) -> Any:
-        """One read command of the topic's stream, on the primary that holds it."""
+        """One read command of the topic's stream, on the primary that holds it.
+
+        The reads asked for in one turn of the event loop are sent together, in
+        one round trip per primary: when thousands of clients join or resume at
+        once, each on a topic of its own, their reads do not queue one behind the
+        other for the connection pool.
+        """
         key = self._keys.stream(topic)
-        words: Command = (command, key, *arguments)
-        results = await self._primaries.run(key, lambda node: [words], idempotent=True)
-        return results[0]
+        wanted: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self._send_queued)
+        self._queued.append(_Queued(key, (command, key, *arguments), wanted))
+        return await wanted
+
+    def _send_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        by_primary: dict[str, list[_Queued]] = {}
+        for read in queued:
+            try:
+                primary = self._primaries.topology.owner(read.key).name
+            except RedisError:
+                primary = ""  # none known now: the read learns the topology again
+            by_primary.setdefault(primary, []).append(read)
+        for reads in by_primary.values():
+            for start in range(0, len(reads), READS_PER_ROUND_TRIP):
+                self._spawn(self._send_together(reads[start : start + READS_PER_ROUND_TRIP]))
+
+    async def _send_together(self, reads: list[_Queued]) -> None:
+        words = [read.words for read in reads]
+        try:
+            results = await self._primaries.run(reads[0].key, lambda node: words, idempotent=True)
+        except Exception as exc:
+            if len(reads) > 1:  # one read's error, or keys no longer on one primary
+                for read in reads:
+                    self._spawn(self._send_together([read]))
+                return
+            results = [exc]
+        for read, result in zip(reads, results, strict=True):
+            if read.wanted.done():
+                continue  # its caller is gone
+            if isinstance(result, Exception):
+                read.wanted.set_exception(result)
+            else:
+                read.wanted.set_result(result)
 
     def _forget(self, key: tuple[str, StreamId], read: _Read) -> None:
         if self._reads.get(key) is read:
