@@ -14,7 +14,14 @@
  *                                       seen <final seq>, or --drain seconds later
  *   stdin  "QUIT"                       finish now
  * and prints one JSON object with the figures on exit. With --final given up front
- * (the reconnect storm) it finishes by itself once every stream is caught up.
+ * (the reconnect storm, the joins) it finishes by itself once every stream is caught up;
+ * with --hold as well it then prints "CAUGHT <n>" and waits for QUIT (so the harness can
+ * read the server's CPU time before the streams close).
+ *
+ * --cursors FILE gives each topic its own Last-Event-ID (line i: topic i; an empty line:
+ * none). Per stream it records when its first connect started, when its 200 came and when
+ * its first event came; the "join" object of the result has the latest of each and their
+ * spread per stream (the joins of bench/run.py).
  *
  * Build: cc -O2 -pthread -o loadclient loadclient.c
  */
@@ -71,6 +78,7 @@ typedef struct {
     int reconnects;
     uint64_t retry_at_ns;
     uint64_t caught_ns;
+    uint64_t connect_ns, open_ns, first_ns; /* first connect started, first 200, first event */
 } conn_t;
 
 typedef struct {
@@ -112,6 +120,8 @@ static long long o_final = 0; /* storm: known up front */
 static long long o_start_seq = 1;
 static int o_reconnect = 1;
 static int o_coalesce_us = 0;
+static const char *o_cursors = NULL;
+static int o_hold = 0;
 
 static struct sockaddr_in g_addr;
 static atomic_int g_stop;
@@ -203,6 +213,7 @@ static void dispatch(worker_t *w, conn_t *c, uint64_t t_recv) {
             if (s > expect) c->lost += s - expect;
             c->last_seq = s;
             c->received++;
+            if (!c->first_ns) c->first_ns = t_recv;
             w->st.deliveries++;
             if (!w->st.first_ns) w->st.first_ns = t_recv;
             w->st.last_ns = t_recv;
@@ -362,6 +373,7 @@ static void on_readable(worker_t *w, conn_t *c, char *rb) {
             size_t head = (size_t)(e - c->buf) + 4;
             if (parse_head(w, c, head) < 0) { close_conn(w, c, 1000); return; }
             c->state = ST_STREAM;
+            if (!c->open_ns) c->open_ns = t_recv;
             w->pending--;
             atomic_fetch_add(&w->connected, 1);
             size_t body_off = head - old;
@@ -400,6 +412,7 @@ static void start_conn(worker_t *w, conn_t *c) {
     c->ev_seq = c->ev_t = -1;
     w->pending++;
     c->state = ST_CONNECTING;
+    if (!c->connect_ns) c->connect_ns = now_ns();
     if (c->received || c->reconnects || c->retry_at_ns) c->reconnects++;
     int r = connect(fd, (struct sockaddr *)&g_addr, sizeof g_addr);
     if (r < 0 && errno != EINPROGRESS) { w->st.connect_errors++; close_conn(w, c, 200); return; }
@@ -464,7 +477,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadclient --port P [--host 127.0.0.1] [--path FMT (%%d = topic)] [--topics T]\n"
             "  [--conns N] [--threads K] [--burst B] [--last-event-id ID] [--header 'Name: v']\n"
-            "  [--ready-timeout S] [--drain S] [--max-time S] [--final SEQ] [--start-seq 1] [--coalesce-us U] [--no-reconnect]\n");
+            "  [--ready-timeout S] [--drain S] [--max-time S] [--final SEQ] [--start-seq 1] [--coalesce-us U] [--no-reconnect]\n"
+            "  [--cursors FILE] [--hold]\n");
     exit(2);
 }
 
@@ -483,9 +497,71 @@ static int lat_pct(const stats_t *s, double q, uint64_t total) {
     return (int)s->lat_max_us;
 }
 
+/* Each topic's Last-Event-ID from --cursors (line i: topic i), into its streams' last_id. */
+static void load_cursors(conn_t *all) {
+    FILE *f = fopen(o_cursors, "r");
+    if (!f) { perror(o_cursors); exit(2); }
+    char **ids = calloc((size_t)o_topics, sizeof(char *));
+    char line[ID_MAX + 2];
+    for (int t = 0; t < o_topics && fgets(line, sizeof line, f); t++) {
+        line[strcspn(line, "\r\n")] = 0;
+        ids[t] = strdup(line);
+    }
+    fclose(f);
+    for (int i = 0; i < o_conns; i++) {
+        const char *id = ids[all[i].topic];
+        if (!id) { fprintf(stderr, "loadclient: %s has no line for topic %d\n", o_cursors, all[i].topic); exit(2); }
+        snprintf(all[i].last_id, ID_MAX, "%s", id);
+    }
+    for (int t = 0; t < o_topics; t++) free(ids[t]);
+    free(ids);
+}
+
 static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
+}
+
+/* p50, p99 and max of v[0..n) (sorted here), in ms, as a JSON object. */
+static int spread_ms(char *out, size_t cap, uint64_t *v, int n) {
+    qsort(v, (size_t)n, sizeof(uint64_t), cmp_u64);
+    return snprintf(out, cap, "{\"p50\":%.1f,\"p99\":%.1f,\"max\":%.1f}", n ? v[n / 2] / 1e6 : 0.0,
+                    n ? v[(size_t)(0.99 * (n - 1))] / 1e6 : 0.0, n ? v[n - 1] / 1e6 : 0.0);
+}
+
+/* The joins: the latest first connect, 200 and first event (and caught-up) over all streams,
+ * absolute (ns since the epoch), and per stream the time from its first connect to its 200
+ * and to its first event. */
+static void join_figures(const conn_t *all, char *out, size_t cap) {
+    uint64_t first_connect = 0, last_connect = 0, last_open = 0, last_first = 0, last_caught = 0;
+    uint64_t *open = calloc((size_t)o_conns, sizeof(uint64_t)), *first = calloc((size_t)o_conns, sizeof(uint64_t));
+    int nopen = 0, nfirst = 0;
+    for (int i = 0; i < o_conns; i++) {
+        const conn_t *c = &all[i];
+        if (c->connect_ns && (!first_connect || c->connect_ns < first_connect)) first_connect = c->connect_ns;
+        if (c->connect_ns > last_connect) last_connect = c->connect_ns;
+        if (c->open_ns) {
+            if (c->open_ns > last_open) last_open = c->open_ns;
+            open[nopen++] = c->open_ns - c->connect_ns;
+        }
+        if (c->first_ns) {
+            if (c->first_ns > last_first) last_first = c->first_ns;
+            first[nfirst++] = c->first_ns - c->connect_ns;
+        }
+        if (c->caught_ns > last_caught) last_caught = c->caught_ns;
+    }
+    char open_ms[128], first_ms[128];
+    spread_ms(open_ms, sizeof open_ms, open, nopen);
+    spread_ms(first_ms, sizeof first_ms, first, nfirst);
+    snprintf(out, cap,
+             "{\"first_connect_ns\":%llu,\"last_connect_ns\":%llu,\"opened\":%d,\"last_open_ns\":%llu,"
+             "\"first_event\":%d,\"last_first_event_ns\":%llu,\"last_caught_ns\":%llu,"
+             "\"open_ms\":%s,\"first_event_ms\":%s}",
+             (unsigned long long)first_connect, (unsigned long long)last_connect, nopen,
+             (unsigned long long)last_open, nfirst, (unsigned long long)last_first,
+             (unsigned long long)last_caught, open_ms, first_ms);
+    free(open);
+    free(first);
 }
 
 int main(int argc, char **argv) {
@@ -511,7 +587,9 @@ int main(int argc, char **argv) {
         else if (OPT("--final")) o_final = atoll(v);
         else if (OPT("--start-seq")) o_start_seq = atoll(v);
         else if (OPT("--coalesce-us")) o_coalesce_us = atoi(v);
+        else if (OPT("--cursors")) o_cursors = v;
         else if (strcmp(a, "--no-reconnect") == 0) o_reconnect = 0;
+        else if (strcmp(a, "--hold") == 0) o_hold = 1;
         else usage();
 #undef OPT
     }
@@ -540,6 +618,7 @@ int main(int argc, char **argv) {
         all[i].topic = i % o_topics;
         all[i].ev_seq = all[i].ev_t = -1;
     }
+    if (o_cursors) load_cursors(all);
     uint64_t t_start = now_ns();
     double cpu_start = cpu_seconds();
     for (int t = 0; t < o_threads; t++) {
@@ -552,7 +631,7 @@ int main(int argc, char **argv) {
         pthread_create(&w->th, NULL, worker_main, w);
     }
 
-    int ready_said = 0, stdin_open = 1;
+    int ready_said = 0, stdin_open = 1, caught_said = 0;
     uint64_t go_ns = 0, end_ns = 0, ready_ns = 0;
     double cpu_go = cpu_start;
     char line[256];
@@ -582,7 +661,7 @@ int main(int argc, char **argv) {
                 *nl = 0;
                 if (strcmp(line, "GO") == 0) { go_ns = now; cpu_go = cpu_seconds(); }
                 else if (strncmp(line, "END ", 4) == 0) { atomic_store(&g_final, atoll(line + 4)); end_ns = now; }
-                else if (strcmp(line, "QUIT") == 0) { why = "quit"; goto done; }
+                else if (strcmp(line, "QUIT") == 0) { why = caught_said ? "caught-up" : "quit"; goto done; }
                 size_t used = (size_t)(nl - line) + 1;
                 memmove(line, nl + 1, llen - used);
                 llen -= used;
@@ -590,8 +669,17 @@ int main(int argc, char **argv) {
             if (llen == sizeof line - 1) llen = 0;
         }
         long long fin = atomic_load(&g_final);
-        if (fin > 0 && caught == o_conns) { why = "caught-up"; break; }
-        if (end_ns && (now - end_ns) / 1e9 > o_drain) { why = "drain-timeout"; break; }
+        if (fin > 0 && caught == o_conns) {
+            why = "caught-up";
+            if (!o_hold) break;
+            if (!caught_said) {
+                caught_said = 1;
+                printf("CAUGHT %d\n", caught);
+                fflush(stdout);
+            }
+            if (!stdin_open) break;
+        }
+        if (!caught_said && end_ns && (now - end_ns) / 1e9 > o_drain) { why = "drain-timeout"; break; }
         if ((now - t_start) / 1e9 > o_max_time) break;
     }
 done:
@@ -635,6 +723,8 @@ done:
         if (c->caught_ns) catch[ncaught++] = c->caught_ns - t_start;
     }
     qsort(catch, (size_t)ncaught, sizeof(uint64_t), cmp_u64);
+    char join[1024];
+    join_figures(all, join, sizeof join);
     uint64_t total = 0;
     for (int b = 0; b < HIST_BUCKETS; b++) total += tot.hist[b];
     printf("{\"why\":\"%s\",\"conns\":%d,\"connected\":%d,\"receiving\":%d,\"final\":%lld,"
@@ -644,7 +734,7 @@ done:
            "\"start_ns\":%llu,\"ready_ns\":%llu,\"go_ns\":%llu,\"end_ns\":%llu,\"done_ns\":%llu,"
            "\"first_delivery_ns\":%llu,\"last_delivery_ns\":%llu,"
            "\"cpu_s_total\":%.3f,\"cpu_s_measure\":%.3f,\"threads\":%d,"
-           "\"caught_up\":%d,\"catchup_ms\":{\"p50\":%.1f,\"p99\":%.1f,\"max\":%.1f}}\n",
+           "\"caught_up\":%d,\"catchup_ms\":{\"p50\":%.1f,\"p99\":%.1f,\"max\":%.1f},\"join\":%s}\n",
            why, o_conns, connected, nreceiving, fin, tot.deliveries, tot.lost, tot.dup, tot.resets,
            tot.other_events, tot.reconnects, tot.http_errors, tot.connect_errors, tot.protocol_errors,
            (unsigned long long)total, total ? tot.lat_sum_us / (double)total : 0.0, lat_pct(&tot, 0.50, total),
@@ -654,7 +744,7 @@ done:
            (unsigned long long)tot.first_ns, (unsigned long long)tot.last_ns, cpu_end - cpu_start,
            cpu_end - cpu_go, o_threads, ncaught, ncaught ? catch[ncaught / 2] / 1e6 : 0.0,
            ncaught ? catch[(size_t)(0.99 * (ncaught - 1))] / 1e6 : 0.0,
-           ncaught ? catch[ncaught - 1] / 1e6 : 0.0);
+           ncaught ? catch[ncaught - 1] / 1e6 : 0.0, join);
     fflush(stdout);
     _exit(0); /* the kernel closes the sockets faster than we would */
 }

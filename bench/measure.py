@@ -8,12 +8,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from native import BenchError, LoadClient, Tools, publish
-from procstat import cpu_seconds, rss_bytes
+from procstat import cpu_seconds, listen_overflows, rss_bytes
 from scenarios import Scenario
 from systems import SYSTEMS, Endpoint, RedisServer, RunContext
 
@@ -41,10 +41,9 @@ def measure(
         "rate": scenario.rate,
         "duration": scenario.duration,
     }
-    if scenario.kind == "storm" and system == "baseline":
-        row["skipped"] = (
-            "no history: a client that reconnects has lost what was published meanwhile"
-        )
+    skipped = _skip(scenario, system)
+    if skipped:
+        row["skipped"] = skipped
         return row
     redis.flush()
     logs = opts.out / "logs"
@@ -59,12 +58,58 @@ def measure(
                     row.update(live(scenario, system, ep, redis, opts))
                 elif scenario.kind == "idle":
                     row.update(_idle(scenario, ep, redis, opts))
+                elif scenario.kind == "join":
+                    row.update(_join(scenario, system, ep, redis, opts))
                 else:
                     row.update(_storm(scenario, ep, redis, opts))
         except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
             row["error"] = str(exc).splitlines()[0][:300]
         row["wall_s"] = round(time.monotonic() - started, 1)
     return row
+
+
+def _skip(s: Scenario, system: str) -> str:
+    """Why the system cannot run the scenario ("" if it can)."""
+    if system != "baseline":
+        return ""
+    if s.kind == "storm" or (s.kind == "join" and s.missed):
+        return "no history: a client that reconnects has lost what was published meanwhile"
+    if s.kind == "join":
+        return (
+            "it sends a stream's headers before it subscribes, so a client with its 200 may "
+            "still miss the next event"
+        )
+    if s.http_publish:
+        return "no HTTP publish endpoint: it only relays what the hub's script announces in Redis"
+    return ""
+
+
+def publish_plan(s: Scenario, ep: Endpoint) -> dict[str, Any]:
+    """How the scenario's events reach the system: the publisher's mode, port and pipelining.
+
+    The hub's `POST /publish` (scenarios that publish over HTTP) takes several connections,
+    as uvicorn answers the requests pipelined on one connection one at a time; Nchan, which
+    has no batch form, is always published through its /pub, one event per request."""
+    if s.http_publish and ep.publish_token:
+        if s.publish == "http-batch":
+            return dict(
+                mode="hub-batch",
+                port=ep.port,
+                token=ep.publish_token,
+                conns=2,
+                window=8,
+                batch=HTTP_BATCH,
+                linger_ms=HTTP_BATCH_LINGER_MS,
+            )
+        return dict(mode="hub", port=ep.port, token=ep.publish_token, conns=8, window=32)
+    if ep.publish_mode == "nchan":
+        return dict(mode="nchan", port=ep.publish_port, conns=4 if s.topics > 1 else 1, window=64)
+    return dict(mode="redis", port=ep.publish_port, conns=1, window=512)
+
+
+HTTP_BATCH = 100
+"""Events per `POST /publish` batch at most (fewer when --linger-ms passes first)."""
+HTTP_BATCH_LINGER_MS = 20
 
 
 def _cpu_groups(groups: dict[str, list[int]]) -> dict[str, float]:
@@ -88,15 +133,19 @@ def live(
     s: Scenario, system: str, ep: Endpoint, redis: RedisServer, opts: Options
 ) -> dict[str, Any]:
     groups = ep.pid_groups()
-    targets = ep.targets(s.topics, opts.out)
+    plan = publish_plan(s, ep)
+    targets = ep.targets(s.topics, opts.out, mode=plan["mode"])
     ready_timeout = 30 + s.clients / 200
+    # room for a system that takes the events at 500/s, far below the rate asked
+    publish_timeout = s.duration + 90 + (s.count or s.rate * s.duration) * s.topics / 500
     with _client(
         opts,
         ep,
         s,
         ready_timeout=ready_timeout,
         drain=opts.drain,
-        max_time=ready_timeout + s.duration + opts.drain + 120,
+        max_time=ready_timeout + publish_timeout + opts.drain + 120,
+        hold=True,
     ) as client:
         connected = client.wait_ready(ready_timeout + 10)
         time.sleep(opts.settle)
@@ -106,36 +155,47 @@ def live(
         t0 = time.monotonic()
         client.go()
         profiler = _start_profile(s, system, groups, opts)
-        multi = s.topics > 1
         pub = publish(
             opts.tools.publisher,
-            mode=ep.publish_mode,
-            port=ep.publish_port,
             targets=targets,
-            rate=s.rate,
+            rate=0 if s.count else s.rate,
             duration=s.duration,
+            count=s.count,
             sha=redis.sha,
-            conns=4 if (multi and ep.publish_mode == "nchan") else 1,
-            window=512 if ep.publish_mode == "redis" else 64,
-            timeout=s.duration + 90,
+            timeout=publish_timeout,
+            **plan,
         )
         t_pub, cpu_pub = time.monotonic(), _cpu_groups(groups)
         client_cpu_pub = cpu_seconds([client.pid])
         client.end(int(pub["final_seq"]))
-        res = client.result(timeout=opts.drain + 60)
+        # CPU and memory once every client has the last event (or the drain ran out), read
+        # before the streams close: closing 10,000 of them is not the work measured
+        client.wait_caught(opts.drain + 60)
         t1 = time.monotonic()
         cpu1, redis_cpu1 = _cpu_groups(groups), cpu_seconds([redis.pid])
         rss1 = rss_bytes(ep.pids())
+        client.quit()
+        res = client.result(timeout=opts.drain + 60)
         profile = _finish_profile(profiler)
     deliveries = int(res["deliveries"])
     expected = s.clients * int(pub["final_seq"])
     window = max(1e-9, (res["last_delivery_ns"] - pub["start_ns"]) / 1e9) if deliveries else 0
     server_cpu = sum(cpu1.values()) - sum(cpu0.values())
+    redis_cpu = redis_cpu1 - redis_cpu0
     client_wall = max(1e-9, (res["done_ns"] - res["go_ns"]) / 1e9)
+    per_delivery = {k: cpu1[k] - cpu0[k] for k in cpu0}
+    per_delivery.update(redis=redis_cpu, server=server_cpu, server_redis=server_cpu + redis_cpu)
     out: dict[str, Any] = {
         "connected": connected,
         "offered_eps": s.topics * s.rate,
         "published_eps": round(pub["achieved_per_s"], 1),
+        "publish_mode": plan["mode"],
+        "publish_conns": plan["conns"],
+        "publish_batch": plan.get("batch", 1),
+        "published": pub["acked"],
+        "publish_requests": pub["requests"],
+        "publish_requests_per_s": round(pub["requests_per_s"], 1),
+        "publish_s": pub["ack_s"],
         "publish_errors": pub["errors"],
         "publish_first_error": pub["first_error"],
         "final_seq": pub["final_seq"],
@@ -160,8 +220,9 @@ def live(
         ),
         "client_cores_publishing": round((client_cpu_pub - client_cpu0) / (t_pub - t0), 2),
         "cpu_s_per_M": round(server_cpu / deliveries * 1e6, 2) if deliveries else None,
-        "redis_cpu_s": round(redis_cpu1 - redis_cpu0, 2),
-        "redis_cpu_s_per_M": round((redis_cpu1 - redis_cpu0) / deliveries * 1e6, 2)
+        "redis_cpu_s": round(redis_cpu, 2),
+        "redis_cpu_s_per_M": round(redis_cpu / deliveries * 1e6, 2) if deliveries else None,
+        "cpu_us_per_delivery": {k: round(v / deliveries * 1e6, 2) for k, v in per_delivery.items()}
         if deliveries
         else None,
         "client_cpu_s": res["cpu_s_measure"],
@@ -255,6 +316,172 @@ def _storm(s: Scenario, ep: Endpoint, redis: RedisServer, opts: Options) -> dict
         "wall_measure_s": round(time.monotonic() - t0, 2),
         "client_why": res["why"],
     }
+
+
+def _seed_cursors(
+    s: Scenario, system: str, ep: Endpoint, redis: RedisServer, opts: Options
+) -> tuple[Path, dict[str, Any]]:
+    """For a resuming join: one event (seq 0) per topic, whose ID becomes the topic's cursor
+    (a file, line i: topic i), then `s.missed` more (seq 1..missed) that the clients missed.
+    Both on the system's own path: Redis for the hub, Nchan's /pub-storm (room for them)."""
+    plan = publish_plan(replace(s, publish=""), ep)
+    targets = ep.targets(s.topics, opts.out, storm=True, mode=plan["mode"])
+    cursors = opts.out / f"cursors-{s.name}-{system}.txt"
+    timeout = 60 + s.topics * (1 + s.missed) / 500
+    started = time.monotonic()
+    seed = publish(
+        opts.tools.publisher,
+        targets=targets,
+        rate=0,
+        count=1,
+        start_seq=0,
+        sha=redis.sha,
+        ids_out=cursors,
+        timeout=timeout,
+        **plan,
+    )
+    ids = cursors.read_text().splitlines()
+    if seed["acked"] != s.topics or seed["errors"] or len(ids) != s.topics or not all(ids):
+        raise BenchError(f"join: seeding one event per topic failed: {seed}")
+    missed = publish(
+        opts.tools.publisher,
+        targets=targets,
+        rate=0,
+        count=s.missed,
+        start_seq=1,
+        sha=redis.sha,
+        timeout=timeout,
+        **plan,
+    )
+    if missed["acked"] != s.topics * s.missed or missed["errors"]:
+        raise BenchError(f"join: publishing the missed events failed: {missed}")
+    return cursors, {
+        "seed_publish_mode": plan["mode"],
+        "seed_s": round(time.monotonic() - started, 2),
+        "seed_publishes_per_s": round(missed["achieved_per_s"], 1),
+    }
+
+
+def _per_join(before: dict[str, float], after: dict[str, float], clients: int) -> dict[str, float]:
+    """CPU µs per client of each process group, of Redis, and of the system's processes."""
+    out = {k: (after[k] - before[k]) / clients * 1e6 for k in before}
+    out["server"] = sum(v for k, v in out.items() if k != "redis")
+    out["server_redis"] = out["server"] + out.get("redis", 0.0)
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def _join(
+    s: Scenario, system: str, ep: Endpoint, redis: RedisServer, opts: Options
+) -> dict[str, Any]:
+    """All clients connect at once, one per topic; fresh (no cursor: once every stream has
+    its 200, one event is published per topic) or resuming (each with its topic's cursor and
+    `s.missed` events to catch up on). Timed from the last connect; the server's CPU is read
+    before the first connect, when every stream is open and when every client has its first
+    event (fresh) or is caught up (resume), before the streams close."""
+    groups = ep.pid_groups()
+    out: dict[str, Any] = {"missed": s.missed}
+    cursors = None
+    if s.missed:
+        cursors, seeded = _seed_cursors(s, system, ep, redis, opts)
+        out.update(seeded)
+    plan = publish_plan(s, ep)
+    targets = ep.targets(s.topics, opts.out, mode=plan["mode"])
+    time.sleep(opts.settle)
+
+    def cpu() -> dict[str, float]:
+        return {**_cpu_groups(groups), "redis": cpu_seconds([redis.pid])}
+
+    timeout = 30 + s.clients / 200
+    overflows0 = listen_overflows()
+    cpu0 = cpu()
+    with LoadClient(
+        opts.tools.loadclient,
+        ep.port,
+        ep.path,
+        s.clients,
+        s.topics,
+        threads=opts.threads,
+        coalesce_us=opts.coalesce_us,
+        burst=s.clients,
+        cursors=cursors,
+        final=s.missed or 1,
+        hold=True,
+        ready_timeout=timeout,
+        max_time=timeout + 90,
+    ) as client:
+        connected = client.wait_ready(timeout + 10)
+        cpu_open = cpu()
+        pub = None
+        if not s.missed:
+            pub = publish(
+                opts.tools.publisher,
+                targets=targets,
+                rate=0,
+                count=1,
+                sha=redis.sha,
+                timeout=60,
+                **plan,
+            )
+        all_there = client.wait_caught(60)
+        cpu1 = cpu()
+        overflows = listen_overflows() - overflows0
+        client.quit()
+        res = client.result(timeout=30)
+    j = res["join"]
+    last_connect = j["last_connect_ns"]
+
+    def after_last_connect(ns: int, complete: bool) -> float | None:
+        return round((ns - last_connect) / 1e9, 3) if complete and ns else None
+
+    all_first = after_last_connect(j["last_first_event_ns"], j["first_event"] == s.clients)
+    all_caught = after_last_connect(j["last_caught_ns"], res["caught_up"] == s.clients)
+    out.update(
+        {
+            "connected": connected,
+            "all_there": all_there,
+            "connect_spread_s": round((last_connect - j["first_connect_ns"]) / 1e9, 3),
+            "all_open_s": after_last_connect(j["last_open_ns"], j["opened"] == s.clients),
+            "all_first_event_s": all_first,
+            "all_caught_up_s": all_caught,
+            "all_streaming_s": all_caught if s.missed else all_first,
+            "open_ms": j["open_ms"],
+            "first_event_ms": j["first_event_ms"],
+            "opened": j["opened"],
+            "first_event": j["first_event"],
+            "caught_up": res["caught_up"],
+            "deliveries": res["deliveries"],
+            "lost": res["lost"],
+            "dup": res["dup"],
+            "reconnects": res["reconnects"],
+            "resets": res["resets"],
+            "http_errors": res["http_errors"],
+            "connect_errors": res["connect_errors"],
+            "listen_overflows": overflows,
+            "cpu_us_per_join_open": _per_join(cpu0, cpu_open, s.clients),
+            "cpu_us_per_join": _per_join(cpu0, cpu1, s.clients),
+            "server_cpu_s": round(sum(cpu1[k] - cpu0[k] for k in cpu0 if k != "redis"), 2),
+            "redis_cpu_s": round(cpu1["redis"] - cpu0["redis"], 2),
+            "client_cpu_s": res["cpu_s_total"],
+            "client_why": res["why"],
+        }
+    )
+    if pub is not None:
+        out.update(
+            {
+                # publish-to-receive of the one event: a resumed event waited since before
+                # the join, so its latency would mean nothing
+                "lat_ms": {k: res["lat_us"][k] / 1000 for k in ("p50", "p99", "max")},
+                "publish_mode": plan["mode"],
+                "publish_started_after_open_s": round(
+                    (pub["start_ns"] - j["last_open_ns"]) / 1e9, 3
+                )
+                if j["last_open_ns"]
+                else None,
+                "publish_s": pub["ack_s"],
+                "publish_errors": pub["errors"],
+            }
+        )
+    return out
 
 
 def _start_profile(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import select
 import shutil
 import subprocess
@@ -59,7 +60,9 @@ class LoadClient:
         coalesce_us: int = 0,
         burst: int = 256,
         last_event_id: str = "",
+        cursors: Path | None = None,
         final: int = 0,
+        hold: bool = False,
         ready_timeout: float = 60,
         drain: float = 10,
         max_time: float = 300,
@@ -90,9 +93,15 @@ class LoadClient:
         ]
         if last_event_id:
             args += ["--last-event-id", last_event_id]
+        if cursors is not None:
+            args += ["--cursors", str(cursors)]
         if final:
             args += ["--final", str(final)]
+        if hold:
+            args.append("--hold")
         self._max_time = max_time
+        self._result_line: str | None = None
+        self._pending = b""
         self._proc = subprocess.Popen(
             args,
             stdin=subprocess.PIPE,
@@ -107,15 +116,22 @@ class LoadClient:
         return self._proc.pid
 
     def _line(self, timeout: float) -> str:
+        """The client's next line. Read from the descriptor, not through a buffered reader:
+        a reader may take two lines at once and leave the second where select() misses it."""
         assert self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
-        if not ready:
-            raise BenchError(f"load client said nothing for {timeout:.0f} s")
-        line = self._proc.stdout.readline()
-        if not line:
-            err = self._proc.stderr.read() if self._proc.stderr else ""
-            raise BenchError(f"load client exited: {err.strip()[:500]}")
-        return line.strip()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self._proc.stdout], [], [], max(0.0, left))
+            if not ready:
+                raise BenchError(f"load client said nothing for {timeout:.0f} s")
+            data = os.read(self._proc.stdout.fileno(), 65536)
+            if not data:
+                err = self._proc.stderr.read() if self._proc.stderr else ""
+                raise BenchError(f"load client exited: {err.strip()[:500]}")
+            self._pending += data
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode().strip()
 
     def wait_ready(self, timeout: float) -> int:
         """Connected streams once all are up or the client's ready timeout passed."""
@@ -123,6 +139,22 @@ class LoadClient:
         if not line.startswith("READY "):
             raise BenchError(f"load client: unexpected {line[:200]!r}")
         return int(line.split()[1])
+
+    def wait_caught(self, timeout: float) -> bool:
+        """With --hold: True once every stream is caught up ("CAUGHT"), False if the client
+        finished without (its result is kept for result()) or `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._line(left)
+            except BenchError:
+                return False
+            if line.startswith("CAUGHT"):
+                return True
+            if line.startswith("{"):
+                self._result_line = line
+                return False
+        return False
 
     def _say(self, text: str) -> None:
         assert self._proc.stdin is not None
@@ -142,7 +174,7 @@ class LoadClient:
         self._say("QUIT")
 
     def result(self, timeout: float) -> dict[str, Any]:
-        line = self._line(timeout)
+        line = self._result_line or self._line(timeout)
         while not line.startswith("{"):
             line = self._line(timeout)
         self._proc.wait(timeout=10)
@@ -185,9 +217,16 @@ def publish(
     window: int = 512,
     start_seq: int = 1,
     announce: str = "PUBLISH",
+    token: str = "",
+    batch: int = 0,
+    linger_ms: float = 20,
+    ids_out: Path | None = None,
     timeout: float = 120,
 ) -> dict[str, Any]:
-    """Run the publisher to the end; its figures (sent, acked, final_seq, achieved_per_s...)."""
+    """Run the publisher to the end; its figures (sent, acked, final_seq, achieved_per_s...).
+
+    `mode`: redis, nchan, hub (POST /publish, one event per request) or hub-batch
+    (`batch` events per request); `ids_out`: a file of each topic's last event ID."""
     args = [
         str(exe),
         "--mode",
@@ -206,6 +245,12 @@ def publish(
         str(start_seq),
     ]
     args += ["--count", str(count)] if count else ["--duration", str(duration)]
+    if token:
+        args += ["--token", token]
+    if mode == "hub-batch":
+        args += ["--batch", str(batch or 100), "--linger-ms", str(linger_ms)]
+    if ids_out is not None:
+        args += ["--ids-out", str(ids_out)]
     if mode == "redis":
         args += [
             "--sha",
@@ -220,7 +265,9 @@ def publish(
     started = time.monotonic()
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        raise BenchError(f"publisher failed ({done.returncode}): {done.stderr.strip()[:500]}")
+        raise BenchError(
+            f"publisher ({mode}) failed ({done.returncode}): {done.stderr.strip()[:500]}"
+        )
     result: dict[str, Any] = json.loads(done.stdout)
     result["wall_s"] = time.monotonic() - started
     return result

@@ -81,3 +81,18 @@ def rss_bytes(pids: Iterable[int]) -> int:
         except OSError:
             pass
     return total
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped at a full listen queue (TcpExt
+    ListenOverflows, all sockets of the machine), 0 if unknown."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(fields.get("ListenOverflows", 0))
+    return 0

@@ -1,6 +1,6 @@
 """Run the benchmark: every scenario against every system, side by side, in one run.
 
-    python bench/run.py                      # everything (about 15 minutes)
+    python bench/run.py                      # everything (about 25 minutes)
     python bench/run.py --quick              # a smoke run: a tenth of the clients, 2 s each
     python bench/run.py --systems hub,nchan --scenarios fanout-1k-1000 --profile fanout-1k-1000
 
@@ -97,16 +97,31 @@ def summary_line(row: dict[str, Any]) -> str:
     if "skipped" in row:
         return head + "skipped: " + str(row["skipped"])
     if row["kind"] == "live":
+        offered = f"{row['offered_eps']:.0f}" if row["offered_eps"] else "max"
+        per = row.get("cpu_us_per_delivery") or {}
+        split = ", ".join(f"{k} {v:.1f}" for k, v in per.items() if k not in ("server",))
         return head + (
-            f"{row['connected']} conns, {row['published_eps']:.0f}/{row['offered_eps']:.0f} ev/s, "
-            f"{row['achieved_dps']:.0f}/{row['offered_dps']:.0f} del/s, "
+            f"{row['connected']} conns, {row['published_eps']:.0f}/{offered} ev/s "
+            f"({row['publish_mode']}, {row['publish_errors']} errors), "
+            f"{row['achieved_dps']:.0f}/{row['offered_dps'] or 0:.0f} del/s, "
             f"p50 {row['lat_ms']['p50']:.1f} p99 {row['lat_ms']['p99']:.1f} "
             f"max {row['lat_ms']['max']:.1f} ms, lost {row['lost']} dup {row['dup']}, "
             f"cpu {row['server_cores']:.2f} cores {row['cpu_s_per_M']} s/M, "
-            f"client {row['client_cores']:.2f} cores"
+            f"client {row['client_cores']:.2f} cores; µs/delivery: {split}"
         )
     if row["kind"] == "idle":
         return head + f"{row['connected']} conns, {row['rss_kb_per_conn']:.1f} KB/conn"
+    if row["kind"] == "join":
+        return head + (
+            f"{row['connected']} conns; after the last connect: all open {row['all_open_s']} s, "
+            f"all first event {row['all_first_event_s']} s"
+            + (f", all caught up {row['all_caught_up_s']} s" if row["missed"] else "")
+            + f"; lost {row['lost']} dup {row['dup']}, µs/join: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in row["cpu_us_per_join"].items())
+            + " (open only: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in row["cpu_us_per_join_open"].items())
+            + ")"
+        )
     return head + (
         f"{row['caught_up']}/{row['clients']} caught up, all after {row['all_caught_up_s']} s, "
         f"lost {row['lost']} dup {row['dup']}"

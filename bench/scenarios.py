@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+PUBLISH_PATHS = {
+    "": "the system's own: Redis (EVALSHA of the hub's script) for the hub, Nchan's HTTP /pub",
+    "http": "HTTP, one event per request: the hub's POST /publish, Nchan's /pub",
+    "http-batch": "HTTP, the hub's POST /publish with batches (a JSON array); Nchan's /pub",
+}
+
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str  # "live" (publish and measure), "idle" (memory), "storm" (resume)
+    kind: str  # "live" (publish and measure), "idle" (memory), "storm" (resume), "join"
     clients: int
     topics: int = 1
-    rate: float = 0.0  # events/s per topic
+    rate: float = 0.0  # events/s per topic (0 with count: as fast as possible)
     duration: float = 0.0  # seconds of publishing
-    missed: int = 0  # storm: events each client resumes
+    missed: int = 0  # storm, join: events each client resumes (join: 0 = fresh, no cursor)
+    count: int = 0  # events per topic, published as fast as possible (rate 0)
+    publish: str = ""  # a key of PUBLISH_PATHS
     chart: bool = False  # a point of the deliveries/latency vs clients chart
     required: bool = True  # named by the issue (the others fill in the chart)
 
@@ -22,13 +30,25 @@ class Scenario:
         """Deliveries per second the schedule asks for: each client gets its topic's events."""
         return self.clients * self.rate
 
+    @property
+    def http_publish(self) -> bool:
+        return self.publish in ("http", "http-batch")
+
     def describe(self) -> str:
         if self.kind == "idle":
             return f"{self.clients:,} idle connections"
         if self.kind == "storm":
             return f"reconnect storm: {self.clients:,} clients resume {self.missed:,} missed events each"
+        if self.kind == "join":
+            how = f"resume {self.missed} missed events each" if self.missed else "fresh"
+            return f"{self.clients:,} clients join at once on {self.topics:,} topics, {how}"
+        how = {"http": ", POST /publish", "http-batch": ", POST /publish batches"}.get(
+            self.publish, ""
+        )
+        if self.count:
+            return f"{self.topics:,} topics, one client each, {self.count} events each at full speed{how}"
         if self.topics > 1:
-            return f"{self.topics:,} topics, one client each, {self.rate:g} ev/s each"
+            return f"{self.topics:,} topics, one client each, {self.rate:g} ev/s each{how}"
         return f"{self.clients:,} clients, one topic, {self.rate:g} ev/s"
 
 
@@ -44,6 +64,33 @@ def default_scenarios(duration: float) -> list[Scenario]:
         Scenario("idle-10k", "idle", 10_000),
         Scenario("topics-10k", "live", 10_000, topics=10_000, rate=10, duration=d),
         Scenario("storm-1k", "storm", 1000, missed=1000),
+        # issue 13: sparse topics, publishing over HTTP, joins
+        *(
+            Scenario(name, "live", 10_000, topics=10_000, rate=0.5, duration=d, publish=how)
+            for name, how in (
+                ("sparse-10k", ""),
+                ("sparse-http", "http"),
+                ("sparse-http-batch", "http-batch"),
+            )
+        ),
+        Scenario(
+            "publish-http-max",
+            "live",
+            10_000,
+            topics=10_000,
+            count=max(2, round(d / 2)),
+            publish="http",
+        ),
+        Scenario(
+            "publish-http-max-batch",
+            "live",
+            10_000,
+            topics=10_000,
+            count=max(2, round(d / 2)),
+            publish="http-batch",
+        ),
+        Scenario("join-10k", "join", 10_000, topics=10_000),
+        Scenario("join-10k-resume", "join", 10_000, topics=10_000, missed=10),
     ]
 
 
@@ -54,5 +101,6 @@ def quick(s: Scenario) -> Scenario:
         clients=max(10, s.clients // 10),
         topics=max(1, s.topics // 10),
         duration=min(s.duration, 2.0),
-        missed=max(10, s.missed // 10),
+        missed=max(10, s.missed // 10) if s.missed else 0,
+        count=min(s.count, 2),
     )

@@ -6,7 +6,8 @@
 - `nchan`: nginx with the Nchan module, one worker, EventSource subscribers, HTTP publisher.
 
 The hub and the baseline read what the hub's publish script announces in Redis; Nchan
-gets the same events over its HTTP publisher. The processes (redis-server, gateways, nginx)
+gets the same events over its HTTP publisher. The hub's gateways also take events over
+HTTP (`POST /publish`, with the bench's fixed token `HUB_PUBLISH_TOKEN`). The processes (redis-server, gateways, nginx)
 are started by the test suite's helpers, `tests.processes`, configured for the benchmark.
 """
 
@@ -51,6 +52,8 @@ from tests.processes import RedisServer as ProcessRedisServer
 HERE = Path(__file__).resolve().parent
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 NGINX_FD_LIMIT = 20_000
+PUBLISH_TOKEN = "bench-publish-token"
+"""The gateways' HUB_PUBLISH_TOKEN: `POST /publish` with `Authorization: Bearer <it>`."""
 START_ERRORS = (ProcessStartError, MissingTool, WaitTimeout, subprocess.TimeoutExpired)
 """A system that does not start: a BenchError for that measurement, not the end of the run."""
 
@@ -128,18 +131,24 @@ class Endpoint:
     prefix: str = ""
     storm_publish_path: str = ""
     notes: list[str] = field(default_factory=list)
+    publish_token: str = ""  # the hub's POST /publish at `port` takes it; "" = no such endpoint
 
     def pids(self) -> list[int]:
         return [pid for group in self.pid_groups().values() for pid in group]
 
-    def targets(self, topics: int, directory: Path, storm: bool = False) -> Path:
-        """The publisher's targets file for topics 0..topics-1."""
-        path = directory / f"targets-{self.publish_mode}-{topics}{'-storm' if storm else ''}.txt"
+    def targets(
+        self, topics: int, directory: Path, storm: bool = False, mode: str | None = None
+    ) -> Path:
+        """The publisher's targets file for topics 0..topics-1 (`mode`: the publish mode's)."""
+        mode = mode or self.publish_mode
+        path = directory / f"targets-{mode}-{topics}{'-storm' if storm else ''}.txt"
         keys = Keys(self.prefix)
         with path.open("w") as f:
             for i in range(topics):
                 t = topic_name(i)
-                if self.publish_mode == "redis":
+                if mode in ("hub", "hub-batch"):
+                    f.write(f"{t}\n")
+                elif mode == "redis":
                     f.write(f"{keys.stream(t)} {keys.channel(t)}\n")
                 else:
                     where = self.storm_publish_path if storm else "/pub"
@@ -184,6 +193,7 @@ def _hub_settings(ctx: RunContext) -> dict[str, str]:
         "HUB_HEARTBEAT_SECONDS": "15",
         "HUB_SHUTDOWN_SECONDS": "5",
         "HUB_LOG_FORMAT": "text",
+        "HUB_PUBLISH_TOKEN": PUBLISH_TOKEN,
         **ctx.env,
     }
     # one process per gateway: the bench places the processes itself
@@ -264,6 +274,7 @@ def hub(ctx: RunContext) -> Iterator[Endpoint]:
             "redis",
             ctx.redis.port,
             ctx.prefix,
+            publish_token=_hub_settings(ctx)["HUB_PUBLISH_TOKEN"],
         )
 
 
@@ -276,6 +287,7 @@ def hub_x2(ctx: RunContext) -> Iterator[Endpoint]:
         body = f"""
   upstream hubs {{
 {servers}
+    keepalive 32;
   }}
   server {{
     listen 127.0.0.1:{port} backlog=4096 reuseport;
@@ -300,7 +312,15 @@ def hub_x2(ctx: RunContext) -> Iterator[Endpoint]:
                 "nginx": tree(_pid(ngx.process)),
             }
 
-        yield Endpoint(port, "/events?topic=b%d", groups, "redis", ctx.redis.port, ctx.prefix)
+        yield Endpoint(
+            port,
+            "/events?topic=b%d",
+            groups,
+            "redis",
+            ctx.redis.port,
+            ctx.prefix,
+            publish_token=_hub_settings(ctx)["HUB_PUBLISH_TOKEN"],
+        )
 
 
 @contextmanager

@@ -31,6 +31,18 @@ def loadclient(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exe
 
 
+@pytest.fixture(scope="module")
+def publisher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cc = require_tool("cc")
+    exe = tmp_path_factory.mktemp("build") / "publisher"
+    subprocess.run(
+        [cc, "-O2", "-Wall", "-Werror", "-o", str(exe), str(BENCH / "publisher.c")],
+        check=True,
+        timeout=120,
+    )
+    return exe
+
+
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -114,6 +126,106 @@ def test_load_client_counts_lost_and_duplicated_events(loadclient: Path) -> None
     assert 0 <= result["lat_us"]["p50"] < 60_000_000
 
 
+@contextmanager
+def batch_publish_server(requests: list[tuple[bytes, list[dict[str, str]]]]) -> Iterator[int]:
+    """A one-connection stand-in for the hub's batch `POST /publish`: it records each request's
+    headers and events, fails the first event of the first batch, and answers with
+    Content-Length and chunked in turn."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+                while b"\r\n\r\n" in data:
+                    head, _, rest = data.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(rest) < length:
+                        break
+                    events = json.loads(rest[:length])
+                    data = rest[length:]
+                    requests.append((head, events))
+                    failed = 1 if len(requests) == 1 else 0
+                    results: list[dict[str, object]] = [
+                        {"id": f"1-{i}"} for i in range(len(events))
+                    ]
+                    if failed:
+                        results[0] = {"error": "topic refused", "status": 403}
+                    body = json.dumps(
+                        {"published": len(events) - failed, "failed": failed, "results": results}
+                    ).encode()
+                    if len(requests) % 2:
+                        conn.sendall(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                        )
+                    else:
+                        conn.sendall(
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            + _chunk(body[:7])
+                            + _chunk(body[7:])
+                            + b"0\r\n\r\n"
+                        )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
+def test_publisher_sends_batches_and_counts_their_answers(publisher: Path, tmp_path: Path) -> None:
+    targets = tmp_path / "topics.txt"
+    targets.write_text("".join(f"b{i}\n" for i in range(10)))
+    requests: list[tuple[bytes, list[dict[str, str]]]] = []
+    with batch_publish_server(requests) as port:
+        done = subprocess.run(
+            [
+                str(publisher),
+                "--mode",
+                "hub-batch",
+                "--port",
+                str(port),
+                "--targets",
+                str(targets),
+                "--token",
+                "secret",
+                "--rate",
+                "0",
+                "--count",
+                "3",
+                "--batch",
+                "4",
+                "--window",
+                "2",
+                "--ack-timeout",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["sent"], result["acked"], result["errors"]) == (30, 29, 1)
+    assert result["requests"] == len(requests) == 8  # 7 batches of 4, then the last 2
+    assert result["first_error"] == "topic refused"
+    head = requests[0][0]
+    assert head.startswith(b"POST /publish HTTP/1.1\r\n")
+    assert b"\r\nAuthorization: Bearer secret" in head
+    assert b"\r\nContent-Type: application/json" in head
+    seen = [(e["topic"], json.loads(e["data"])["seq"]) for _, batch in requests for e in batch]
+    assert sorted(seen) == sorted((f"b{i}", seq) for i in range(10) for seq in (1, 2, 3))
+    assert seen[:4] == [("b0", 1), ("b1", 1), ("b2", 1), ("b3", 1)]
+
+
 def test_quick_benchmark_against_one_gateway(tmp_path: Path) -> None:
     require_tool("cc")
     require_tool("redis-server")
@@ -179,3 +291,49 @@ def test_publish_scaling_benchmark_runs_every_layout(tmp_path: Path) -> None:
     for row in rows:
         pipelined = float(row.split(" | ")[1].replace(",", ""))
         assert pipelined > 1000, row
+
+
+def test_quick_sparse_http_and_joins_against_one_gateway(tmp_path: Path) -> None:
+    """Issue 13's scenarios end to end: POST /publish pipelined, one event per request and in
+    batches; fresh and resuming joins."""
+    require_tool("cc")
+    require_tool("redis-server")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--quick",
+            "--systems",
+            "hub",
+            "--scenarios",
+            "sparse-http,sparse-http-batch,join-10k,join-10k-resume",
+            "--out",
+            str(tmp_path),
+            "--results-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["scenario"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    sparse, batch = rows["sparse-http"], rows["sparse-http-batch"]
+    fresh, resume = rows["join-10k"], rows["join-10k-resume"]
+    for row in (sparse, batch, fresh, resume):
+        assert "error" not in row, row
+        assert row["connected"] == row["clients"], row
+        assert (row["lost"], row["dup"]) == (0, 0), row
+    for row, mode in ((sparse, "hub"), (batch, "hub-batch")):
+        assert row["publish_mode"] == mode
+        assert row["publish_errors"] == 0
+        assert row["deliveries"] == row["expected_deliveries"] > 0
+        assert row["cpu_us_per_delivery"]["gateway"] > 0
+    assert batch["publish_requests"] < batch["published"]
+    assert fresh["first_event"] == fresh["clients"]
+    assert fresh["all_streaming_s"] is not None
+    assert resume["caught_up"] == resume["clients"]
+    assert resume["deliveries"] == resume["clients"] * resume["missed"]
+    assert resume["all_streaming_s"] is not None
+    assert "Targets (issue 13)" in (tmp_path / "RESULTS.md").read_text()
