@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from hub import server as server_glue
 from hub.connection_guard import Limits, guarded
-from hub.redis_wire import WireFactory
+from hub.redis_wire import WireFactory, pack
 
 pytestmark = pytest.mark.anyio
 LIMITS = Limits(max_header_bytes=65_536, header_seconds=5, body_seconds=5, linger_seconds=5)
@@ -160,3 +160,12 @@ async def test_the_line_logged_for_an_unfinished_response_is_the_one_the_logs_hi
         async with serving(app) as (_, port):
             await get(port)
     assert server_glue.UNFINISHED_RESPONSE in [record.getMessage() for record in caplog.records]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("PING",), ("SUBSCRIBE", "a", "b/ü"), ("XADD", "k", "*", "d", b"\x00\r\n\xff", 7, -1)],
+)
+def test_the_wire_packs_commands_as_redis_py_does(command: tuple[str | bytes | int, ...]) -> None:
+    connection = redis.asyncio.Connection()
+    assert pack(command) == b"".join(connection.pack_command(*command))
