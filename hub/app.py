@@ -7,6 +7,7 @@ do the work; health, metrics and the page are answered here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,8 @@ class StreamsFirst:
         self.events = events
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: a frame held for each open stream's life costs memory.
         if scope["type"] == "http" and scope["path"] == "/events":
-            await self.events(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            return self.events(scope, receive, send)
+        return self.app(scope, receive, send)

@@ -70,8 +70,20 @@ class EventsEndpoint:
         try:
             with self.slots.hold(scope):
                 started = await self._start(scope, receive, send)
-                if started is not None:
-                    await self._serve(*started, send, receive)
+                if started is None:
+                    return
+                opened, grant = started
+                expiry = None
+                if grant is not None and grant.expires is not None:
+                    # The stream ends when its token does; a reconnect with it is refused.
+                    expiry = asyncio.get_running_loop().call_later(
+                        max(0.0, grant.expires - time.time()), opened.client.end, Ending.EXPIRED
+                    )
+                try:
+                    await self.gateway.serve(opened, send, receive)
+                finally:
+                    if expiry is not None:
+                        expiry.cancel()
         except OverLimit as exc:
             await reply(scope, receive, send, str(exc), 429)
 
@@ -80,8 +92,8 @@ class EventsEndpoint:
     ) -> tuple[Opened, Grant | None] | None:
         """Register the stream and start its response; None when it was answered otherwise.
 
-        The request's parsed parts stay here: what the stream holds for its whole
-        life is only what `_serve` keeps.
+        The request's parsed parts stay here: an open stream holds only what its
+        caller keeps.
         """
         request = Request(scope)
         try:
@@ -119,18 +131,3 @@ class EventsEndpoint:
             headers.append((TRUNCATED_HEADER.lower().encode(), ",".join(opened.truncated).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         return opened, grant
-
-    async def _serve(
-        self, opened: Opened, grant: Grant | None, send: Send, receive: Receive
-    ) -> None:
-        expiry = None
-        if grant is not None and grant.expires is not None:
-            # The stream ends when its token does; a reconnect with it is refused.
-            expiry = asyncio.get_running_loop().call_later(
-                max(0.0, grant.expires - time.time()), opened.client.end, Ending.EXPIRED
-            )
-        try:
-            await self.gateway.serve(opened, send, receive)
-        finally:
-            if expiry is not None:
-                expiry.cancel()

@@ -76,7 +76,7 @@ class Joiner:
             await self._reached
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per topic: ten thousand topics are common
 class Topic:
     name: str
     position: StreamId | None = None
@@ -362,6 +362,7 @@ class Fanout:
             topic.backlog = []
         if topic.catching_up is None or topic.catching_up.done():
             topic.catching_up = asyncio.create_task(self._run_catch_up(topic))
+            topic.catching_up.add_done_callback(lambda task: _forget_task(topic, task))
 
     async def _run_catch_up(self, topic: Topic) -> None:
         """Deliver what the stream holds after the topic's position, then the parked events."""
@@ -413,3 +414,9 @@ class Fanout:
                 self._deliver(topic, framed)
             if page.complete:
                 return
+
+
+def _forget_task(topic: Topic, task: asyncio.Task[None]) -> None:
+    """A topic keeps no finished catch-up task: each idle topic would hold one."""
+    if topic.catching_up is task:
+        topic.catching_up = None

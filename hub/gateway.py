@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -153,15 +154,22 @@ class Gateway:
             client.end(Ending.DISCONNECTED)
             raise
 
-    async def serve(self, opened: Opened, send: Send, receive: Receive) -> None:
-        """Write the stream until it ends; the response has started."""
+    def serve(self, opened: Opened, send: Send, receive: Receive) -> Awaitable[None]:
+        """Write the stream until it ends; the response has started.
+
+        Not a coroutine itself: a frame held for each open stream's life costs memory.
+        """
         client = opened.client
         client.push(sse.retry(self.retry_hint()))
         # The replay holds the first pages only while it needs them, not for the stream's life.
         resumes, opened.resumes = opened.resumes, []
         if not resumes:
-            await client.run(send, receive)
-            return
+            return client.run(send, receive)
+        return self._serve_replaying(client, resumes, send, receive)
+
+    async def _serve_replaying(
+        self, client: ClientConnection, resumes: list[Resume], send: Send, receive: Receive
+    ) -> None:
         replay = asyncio.create_task(self._replay(client, resumes))
         try:
             await client.run(send, receive)

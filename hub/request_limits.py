@@ -10,8 +10,6 @@ holds, against `HUB_MAX_STREAMS_PER_CLIENT`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,19 +26,32 @@ class ClientSlots:
         self.limit = limit
         self._held: Counter[str] = Counter()
 
-    @contextmanager
-    def hold(self, scope: Scope) -> Iterator[None]:
+    def hold(self, scope: Scope) -> _Slot:
+        """A slot for the request's client, held in a `with` block; `OverLimit` if none is free."""
         client = scope.get("client")
         address = client[0] if client else ""
         if self.limit and self._held[address] >= self.limit:
             raise OverLimit(f"over the limit of {self.limit} streams per client")
         self._held[address] += 1
-        try:
-            yield
-        finally:
-            self._held[address] -= 1
-            if not self._held[address]:
-                del self._held[address]
+        return _Slot(self._held, address)
+
+
+class _Slot:
+    # A small object rather than a generator-based context manager: each open stream
+    # holds one for its life.
+    __slots__ = ("_address", "_held")
+
+    def __init__(self, held: Counter[str], address: str) -> None:
+        self._held = held
+        self._address = address
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held[self._address] -= 1
+        if not self._held[self._address]:
+            del self._held[self._address]
 
 
 class RequestLimits:
