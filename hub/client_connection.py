@@ -160,20 +160,14 @@ class ClientConnection:
         reading is never more. A client that stops reading is dropped when its
         write stalls.
         """
-        if not self.push_if_room(data):
+        if self._pending and self._pending + len(data) > self.replay_window:
             await self.drained()
-            self._queue_paced(data)
-
-    def push_if_room(self, data: bytes) -> bool:
-        """`push_paced` without the wait: False, having queued nothing, when it would wait.
-
-        A replay of many small events calls this per event and awaits only
-        when the window is full.
-        """
-        if self._pending and self._pending + len(data) > min(self._limit, REPLAY_WINDOW):
-            return False
         self._queue_paced(data)
-        return True
+
+    @property
+    def replay_window(self) -> int:
+        """Most bytes a replay hands over at once (one larger frame still goes alone)."""
+        return min(self._limit, REPLAY_WINDOW)
 
     def _queue_paced(self, data: bytes) -> None:
         if self._ending is None:

@@ -15,6 +15,7 @@ kept events meet. Subscribe first, then read: the other order loses events.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,18 +216,10 @@ class Fanout:
             await client.push_paced(sse.reset_notice(topic.name, first))
         fresh = False  # whether `page` comes from a read started after this client registered
         while not client.ended:
-            for framed in page.events:
-                if framed.event.id <= after:
-                    continue
-                after = framed.event.id
-                if not framed.frame:  # malformed: it keeps its place, nothing is sent
-                    if composite:
-                        client.positions[resume.index] = after
-                elif composite:
-                    await client.push_at_paced(resume.index, after, framed.body)
-                elif not client.push_if_room(framed.frame):  # the common case waits for nothing
-                    await client.push_paced(framed.frame)
-                self.counters.events_replayed += 1
+            if composite:
+                after = await self._replay_composite(client, resume.index, page, after)
+            else:
+                after = await self._replay_page(client, page, after)
             if client.ended:
                 return
             joiner = topic.joining[client]
@@ -255,6 +248,40 @@ class Fanout:
             )
             if page.events and page.events[0].event.prev != after:  # trimmed between pages
                 await client.push_paced(sse.reset_notice(topic.name, page.events[0].event.id))
+
+    async def _replay_page(self, client: ClientConnection, page: Page, after: StreamId) -> StreamId:
+        """The page's frames after `after`, handed over a window at a time; the new `after`.
+
+        The page's frames are joined once for every client that replays it (after a
+        gateway dies, a thousand resume from the same place): a client takes slices
+        of them, with no work per event.
+        """
+        start = bisect.bisect_right(page.ids, after)
+        if start == len(page.ids):
+            return after
+        ends, window = page.frame_ends, client.replay_window
+        begin = ends[start - 1] if start else 0
+        while start < len(ends) and not client.ended:
+            stop = max(start + 1, bisect.bisect_right(ends, begin + window, lo=start))
+            await client.push_paced(page.frames[begin : ends[stop - 1]])
+            self.counters.events_replayed += stop - start
+            start, begin = stop, ends[stop - 1]
+        return page.ids[start - 1]
+
+    async def _replay_composite(
+        self, client: ClientConnection, index: int, page: Page, after: StreamId
+    ) -> StreamId:
+        """`_replay_page` for a connection with a composite cursor: an `id` per frame."""
+        for framed in page.events:
+            if framed.event.id <= after:
+                continue
+            after = framed.event.id
+            if framed.frame:
+                await client.push_at_paced(index, after, framed.body)
+            else:  # malformed: it keeps its place, nothing is sent
+                client.positions[index] = after
+            self.counters.events_replayed += 1
+        return after
 
     def detach(self, client: ClientConnection) -> None:
         """Forget `client` everywhere; a topic left with no client is unsubscribed."""

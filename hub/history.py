@@ -19,6 +19,7 @@ import itertools
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, cast
 
 from redis.exceptions import RedisError
@@ -42,6 +43,20 @@ class Page:
 
     events: list[Framed]
     complete: bool
+
+    @cached_property
+    def ids(self) -> list[StreamId]:
+        return [framed.event.id for framed in self.events]
+
+    @cached_property
+    def frames(self) -> bytes:
+        """Every frame of the page, one after the other (a malformed event adds none)."""
+        return b"".join(framed.frame for framed in self.events)
+
+    @cached_property
+    def frame_ends(self) -> list[int]:
+        """Where each event's frame ends in `frames`."""
+        return list(itertools.accumulate(len(framed.frame) for framed in self.events))
 
 
 @dataclass(frozen=True)
