@@ -789,3 +789,21 @@ async def test_a_client_that_stops_reading_is_dropped_while_its_replay_is_paced(
         await wait_until(
             lambda: c.subscription.unsubscribed == ["news"], lambda: c.subscription.unsubscribed
         )
+
+
+async def test_a_replay_goes_out_in_window_sized_writes_whole_and_in_order(
+    redis_url: str, key_prefix: str
+) -> None:
+    async with core(redis_url, key_prefix) as c:
+        s = [await c.writer.publish("news", f"{n}:" + "x" * 2000) for n in range(60)]
+        big = await c.writer.publish("news", "y" * (REPLAY_WINDOW + 100))
+        s += [big, *[await c.writer.publish("news", f"after {n}") for n in range(3)]]
+        client = c.client("news")
+        _, resumes = await begin(c, client, [s[4].id])
+        await finished(finish(c, client, resumes))
+        await client.wait_frames(len(s) - 5)
+        assert [frame.id for frame in client.frames] == [sent.text_id for sent in s[5:]]
+        writes = [len(body) for body in client.socket.bodies]
+        assert sum(writes) == len(client.socket.stream)
+        assert all(size <= REPLAY_WINDOW for size in writes if size < REPLAY_WINDOW + 100), writes
+        assert len(writes) < len(s) // 10, "many events per write"
