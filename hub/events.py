@@ -33,18 +33,20 @@ class EventTooLarge(InvalidEvent):
     """An event whose data is over the size limit."""
 
 
-def parse_id(text: str) -> StreamId:
-    """`'1700000000000-3'` -> `(1700000000000, 3)`; ValueError if it is not an ID."""
-    # String methods rather than a regular expression: every event's ID is parsed.
-    ms, dash, seq = text.partition("-")
-    if not (dash and 0 < len(ms) <= 20 and 0 < len(seq) <= 20 and text.isascii()):
-        raise ValueError(f"not a stream ID: {text[:40]!r}")
-    if not (ms.isdigit() and seq.isdigit()):
-        raise ValueError(f"not a stream ID: {text[:40]!r}")
-    sid = int(ms), int(seq)
-    if sid[0] > ID_PART_MAX or sid[1] > ID_PART_MAX:
+def parse_id(text: str | bytes) -> StreamId:
+    """`'1700000000000-3'` -> `(1700000000000, 3)`; ValueError if it is not an ID.
+
+    It takes the bytes of a Redis reply as they are: every event's ID is parsed.
+    """
+    raw = text.encode() if isinstance(text, str) else text
+    ms, dash, seq = raw.partition(b"-")
+    # bytes.isdigit() is ASCII only; int() alone would take spaces, signs and underscores.
+    if dash and 0 < len(ms) <= 20 and 0 < len(seq) <= 20 and ms.isdigit() and seq.isdigit():
+        sid = int(ms), int(seq)
+        if sid[0] <= ID_PART_MAX and sid[1] <= ID_PART_MAX:
+            return sid
         raise ValueError(f"stream ID {text[:45]!r} is out of range (each part below 2^64)")
-    return sid
+    raise ValueError(f"not a stream ID: {text[:40]!r}")
 
 
 def format_id(sid: StreamId) -> str:
@@ -95,14 +97,14 @@ class Event:
     def from_message(cls, topic: str, message: bytes) -> Event:
         """Parse what the publish script announced; ValueError if it is not such a message."""
         sid, prev, etype, data = message.split(b"\n", 3)
-        return cls.checked(topic, parse_id(sid.decode()), prev, etype, data)
+        return cls.checked(topic, parse_id(sid), prev, etype, data)
 
     @classmethod
     def from_entry(cls, topic: str, sid: bytes, entry: dict[bytes, bytes]) -> Event:
         """Parse one stream entry as `XRANGE` returns it (Redis vouches for its ID)."""
         return cls.checked(
             topic,
-            parse_id(sid.decode("ascii")),
+            parse_id(sid),
             entry.get(b"p", b"0-0"),
             entry.get(b"t", b""),
             entry.get(b"d", b""),
@@ -117,8 +119,8 @@ class Event:
         `id:` lines) nor stop the topic's delivery.
         """
         try:
-            prev_id = parse_id(prev.decode())
-        except ValueError:  # UnicodeDecodeError is one
+            prev_id = parse_id(prev)
+        except ValueError:
             return cls(topic, sid, ORIGIN, "", "", "its previous-entry field is not a stream ID")
         try:
             event_type = check_event_type(etype.decode("utf-8"))

@@ -96,7 +96,7 @@ class History:
     async def tail(self, topic: str) -> StreamId:
         """The ID of the topic's newest event, or `ORIGIN` when it has none."""
         newest = cast(Entries, await self._read(topic, "XREVRANGE", "+", "-", "COUNT", 1))
-        return parse_id(newest[0][0].decode()) if newest else ORIGIN
+        return parse_id(newest[0][0]) if newest else ORIGIN
 
     def _spawn(self, read: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(read)
