@@ -360,7 +360,7 @@ def targets13(rows: list[Row]) -> list[str]:
             "–" if not h else _at_least(h["published_eps"], 10_000, "/s"),
         )
     h = hub("sparse-http")
-    offered = f"{h['offered_eps']:,.0f}/s" if h else "the rate"
+    offered = f"{h['offered_eps']:,.0f}/s" if h else "rate"
     add(
         f"(not a target) sparse-http: publishes/s achieved of the {offered} offered",
         "sparse-http",
