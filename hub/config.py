@@ -62,8 +62,24 @@ class Settings:
     max_event_bytes: int = _setting(
         "HUB_MAX_EVENT_BYTES", 1_048_576, "Largest event data accepted, in bytes (UTF-8)."
     )
+    max_batch_events: int = _setting(
+        "HUB_MAX_BATCH_EVENTS",
+        1000,
+        "Most events in one batch `POST /publish` (a JSON array, or NDJSON); a larger batch is "
+        "refused whole (413). Each event it may hold adds 16 to the arrays, objects and "
+        "members that `HUB_MAX_JSON_VALUES` allows a batch.",
+    )
+    max_batch_bytes: int = _setting(
+        "HUB_MAX_BATCH_BYTES",
+        16_777_216,
+        "Largest body of a batch `POST /publish`, in bytes (413); each event in it is still "
+        "held to `HUB_MAX_EVENT_BYTES`.",
+    )
     heartbeat_seconds: float = _setting(
-        "HUB_HEARTBEAT_SECONDS", 15.0, "Interval of heartbeat comments on idle streams."
+        "HUB_HEARTBEAT_SECONDS",
+        15.0,
+        "Interval of heartbeat comments on idle streams (a stream sent nothing for one "
+        "interval gets one within the next).",
     )
     retry_ms: int = _setting(
         "HUB_RETRY_MS", 3000, "Reconnection delay hint (`retry:`) sent to browsers."
@@ -186,6 +202,8 @@ class Settings:
         positive = {
             "HUB_PORT": self.port,
             "HUB_MAX_EVENT_BYTES": self.max_event_bytes,
+            "HUB_MAX_BATCH_EVENTS": self.max_batch_events,
+            "HUB_MAX_BATCH_BYTES": self.max_batch_bytes,
             "HUB_HEARTBEAT_SECONDS": self.heartbeat_seconds,
             "HUB_CLIENT_BUFFER_BYTES": self.client_buffer_bytes,
             "HUB_MAX_TOPICS": self.max_topics,

@@ -106,7 +106,7 @@ class Primaries:
                 asking = self.topology.node_at(exc.host, int(exc.port))
                 continue
             except _LOST as exc:
-                if not idempotent and not _never_sent(exc):
+                if not idempotent and not never_sent(exc):
                     await self._refresh_quietly()
                     raise
                 failure = exc
@@ -146,6 +146,6 @@ class Primaries:
         return None
 
 
-def _never_sent(exc: BaseException) -> bool:
+def never_sent(exc: BaseException) -> bool:
     """Whether the commands certainly did not reach Redis: the connection was refused."""
     return isinstance(exc.__cause__ or exc.__context__, ConnectionRefusedError)

@@ -8,6 +8,8 @@ connection (address, TLS, `AUTH`/`HELLO`, with the node's options) and the
 wire then takes its transport over: every chunk of bytes the socket delivers
 is parsed at once with hiredis, and all the complete replies in it go to the
 listener in one call, from the event loop's own I/O callback.
+The write path's pipelines (`exchange`) take one of redis-py's pooled
+connections and go below its `Pipeline` in the same way.
 Everything that relies on how redis-py does that lives here, and
 tests/test_library_adapters.py checks it against the installed version (the
 connection's transport is reachable once connected, and replies come as RESP2
@@ -24,7 +26,7 @@ import hiredis
 import redis.asyncio
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse
+from redis.exceptions import InvalidResponse, ResponseError
 
 Command = Sequence[str | bytes | int]
 
@@ -158,3 +160,29 @@ class WireFactory:
 
     async def aclose(self) -> None:
         await self._pool.disconnect()
+
+
+async def exchange(client: redis.asyncio.Redis, commands: list[bytes]) -> list[Any]:
+    """Send packed `commands` on one connection, pipelined; each reply, an error reply as its
+    exception (not raised).
+
+    Below redis-py's `Pipeline`, whose packing and bookkeeping cost more than the system
+    calls they go with.
+    """
+    pool = client.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.send_packed_command(commands, False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response(disable_decoding=True))
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        # Replies may be left unread: the next user of the connection would get them.
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(connection)
+    return replies

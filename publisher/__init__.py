@@ -1,5 +1,6 @@
 """Publish events to the hub: append to a topic's stream and announce, atomically."""
 
+from hub.publish import NotAllPublished
 from publisher.client import AsyncPublisher, Publisher
 
-__all__ = ["AsyncPublisher", "Publisher"]
+__all__ = ["AsyncPublisher", "NotAllPublished", "Publisher"]

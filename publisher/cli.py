@@ -6,13 +6,16 @@
     sse-publish file images photo.png             # a file as one binary event
     sse-publish demo news                         # a few timed events to watch
 
-Every error is one line on stderr: exit status 2 for a bad command line, 1 for
-anything else, 130 after Ctrl-C.
+`lines` and `follow` send a line alone when lines trickle in, and the lines that
+are there at once in batches (`publish_many`). Every error is one line on
+stderr: exit status 2 for a bad command line, 1 for anything else, 130 after
+Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import mimetypes
@@ -24,13 +27,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
-from typing import BinaryIO, NoReturn, TypeVar
+from typing import BinaryIO, NoReturn, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from hub.config import ConfigError, Settings
 from hub.events import BINARY_MEDIA_TYPE, InvalidEvent, binary_data, check_event_type
+from hub.publish import NotAllPublished
 from hub.topics import InvalidTopic, check_topic
 from publisher.client import DEFAULT_REDIS_URL, Publisher
 from publisher.follow import DEFAULT_INTERVAL, FileFollower, LineTooLong
@@ -42,6 +46,9 @@ EXIT_INTERRUPTED = 130
 DEFAULT_DELAYS = (0.0, 2.0, 5.0)
 RETRY_BASE_SECONDS = 0.2
 RETRY_CAP_SECONDS = 10.0
+BATCH_LINES = 500
+"""Most lines sent in one batch, when several are there at once."""
+_READ_SIZE = 65_536
 
 # type/subtype, without parameters: anything else would break the data: URL.
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
@@ -106,6 +113,34 @@ class Sender:
     def text(self, topic: str, data: str, event_type: str = "") -> str:
         return self._call(lambda: self._publisher.publish(topic, data, event_type))
 
+    def texts(
+        self, topic: str, lines: Sequence[str], event_type: str, on_id: Callable[[str], None]
+    ) -> None:
+        """Publish `lines` as events, in order: one alone, several in one batch; each ID to
+        `on_id` as soon as it is known. A retry sends only the events not yet published."""
+        if len(lines) == 1:
+            on_id(self.text(topic, lines[0], event_type))
+            return
+        events = [(topic, line, event_type) for line in lines]
+        attempt = 0
+        while events:
+            failure: Exception | None = None
+            try:
+                published = self._publisher.publish_many(events)
+            except NotAllPublished as exc:
+                published = list(_leading_ids(exc.results))
+                failure = cast(Exception, exc.results[len(published)])
+            except (PublishRefused, HubUnreachable) as exc:
+                published = list(_leading_ids(exc.ids))
+                failure = exc
+            for event_id in published:
+                on_id(event_id)
+            if failure is None:
+                return
+            events = events[len(published) :]
+            self._retry_or_fail(failure, attempt)
+            attempt += 1
+
     def binary(self, topic: str, payload: bytes, media_type: str, name: str) -> str:
         return self._call(lambda: self._publisher.publish_bytes(topic, payload, media_type, name))
 
@@ -114,23 +149,23 @@ class Sender:
         while True:
             try:
                 return call()
-            except PublishRefused as exc:
+            except (PublishRefused, HubUnreachable, redis.exceptions.RedisError) as exc:
+                self._retry_or_fail(exc, attempt)
+                attempt += 1
+
+    def _retry_or_fail(self, exc: Exception, attempt: int) -> None:
+        """Wait before retry `attempt` (from 0) after `exc`, or raise the `CliError` for it."""
+        if isinstance(exc, PublishRefused):
+            raise CliError(str(exc)) from None
+        if isinstance(exc, HubUnreachable):
+            if attempt >= self.retries:
                 raise CliError(str(exc)) from None
-            except HubUnreachable as exc:
-                if attempt >= self.retries:
-                    raise CliError(str(exc)) from None
-                self._sleep(backoff_delay(attempt))
-                attempt += 1
-            except redis.exceptions.RedisError as exc:
-                if not _retryable(exc):
-                    raise CliError(f"Redis error at {self._where}: {_reason(exc)}") from None
-                if attempt >= self.retries:
-                    tried = f" (gave up after {attempt} retries)" if attempt else ""
-                    raise CliError(
-                        f"cannot reach Redis at {self._where}: {_reason(exc)}{tried}"
-                    ) from None
-                self._sleep(backoff_delay(attempt))
-                attempt += 1
+        elif not isinstance(exc, redis.exceptions.RedisError) or not _retryable(exc):
+            raise CliError(f"Redis error at {self._where}: {_reason(exc)}") from None
+        elif attempt >= self.retries:
+            tried = f" (gave up after {attempt} retries)" if attempt else ""
+            raise CliError(f"cannot reach Redis at {self._where}: {_reason(exc)}{tried}") from None
+        self._sleep(backoff_delay(attempt))
 
     def close(self) -> None:
         self._publisher.close()
@@ -145,6 +180,14 @@ class Sender:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _leading_ids(results: Sequence[object]) -> Iterator[str]:
+    """The IDs before the first event that was not published."""
+    for result in results:
+        if not isinstance(result, str):
+            return
+        yield result
 
 
 def _reason(exc: BaseException) -> str:
@@ -195,18 +238,19 @@ def cmd_send(args: argparse.Namespace, settings: Settings, out: Callable[[str], 
 def cmd_lines(args: argparse.Namespace, settings: Settings, out: Callable[[str], None]) -> None:
     check_topic(args.topic)
     check_event_type(args.type)
+    on_id = out if args.print_ids else _ignore
+    stdin = cast(io.BufferedIOBase, sys.stdin.buffer)
     with Sender(settings, args.retry, gateway=_gateway(args)) as sender:
         sender.check_connection()
-        for line in read_lines(sys.stdin.buffer, settings.max_event_bytes):
-            event_id = sender.text(args.topic, line, args.type)
-            if args.print_ids:
-                out(event_id)
+        for lines in read_line_batches(stdin, settings.max_event_bytes):
+            sender.texts(args.topic, lines, args.type, on_id)
 
 
 def cmd_follow(args: argparse.Namespace, settings: Settings, out: Callable[[str], None]) -> None:
     check_topic(args.topic)
     check_event_type(args.type)
     deadline = None if args.duration is None else time.monotonic() + args.duration
+    on_id = out if args.print_ids else _ignore
     sent = 0
     follower = FileFollower(
         args.file,
@@ -219,11 +263,12 @@ def cmd_follow(args: argparse.Namespace, settings: Settings, out: Callable[[str]
         sender.check_connection()
         if args.max_events == 0:
             return
-        for line in follower:
-            event_id = sender.text(args.topic, line, args.type)
-            if args.print_ids:
-                out(event_id)
-            sent += 1
+        for lines in follower.batches():
+            if args.max_events is not None:
+                lines = lines[: args.max_events - sent]
+            for start in range(0, len(lines), BATCH_LINES):
+                sender.texts(args.topic, lines[start : start + BATCH_LINES], args.type, on_id)
+            sent += len(lines)
             if sent == args.max_events:
                 return
 
@@ -268,17 +313,45 @@ def cmd_demo(args: argparse.Namespace, settings: Settings, out: Callable[[str], 
                 first_sent = time.monotonic()
 
 
-def read_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[str]:
-    """Each line of `stream` as soon as it is complete, without its line ending."""
+def read_line_batches(
+    stream: io.BufferedIOBase, max_line_bytes: int, most: int = BATCH_LINES
+) -> Iterator[list[str]]:
+    """The lines of `stream` without their line endings, as soon as they are complete: those
+    that are there at once come together, at most `most` in a list."""
+    buffer = bytearray()
     while True:
-        # readline returns as soon as a newline arrives; the limit bounds memory.
-        raw = stream.readline(max_line_bytes + 3)
-        if not raw:
+        # What the pipe holds now, without waiting for more: one line when lines trickle
+        # in, many when they come faster than they are sent.
+        chunk = stream.read1(_READ_SIZE)
+        if not chunk:
+            if buffer:
+                yield [_line(bytes(buffer), max_line_bytes)]
             return
-        content = raw.removesuffix(b"\n").removesuffix(b"\r")
-        if len(content) > max_line_bytes:
-            raise CliError(f"a line of standard input is longer than {max_line_bytes} bytes")
-        yield content.decode("utf-8", "replace")
+        scanned = len(buffer)
+        buffer += chunk
+        end = buffer.rfind(b"\n", scanned)
+        lines: list[str] = []
+        too_long = None
+        try:
+            if end >= 0:
+                for raw in bytes(buffer[:end]).split(b"\n"):
+                    lines.append(_line(raw, max_line_bytes))
+                del buffer[: end + 1]
+            if len(buffer) - buffer.endswith(b"\r") > max_line_bytes:  # the line to come
+                _line(bytes(buffer), max_line_bytes)
+        except CliError as exc:
+            too_long = exc  # the lines before it are sent before it is reported
+        for start in range(0, len(lines), most):
+            yield lines[start : start + most]
+        if too_long is not None:
+            raise too_long
+
+
+def _line(raw: bytes, max_line_bytes: int) -> str:
+    content = raw.removesuffix(b"\r")
+    if len(content) > max_line_bytes:
+        raise CliError(f"a line of standard input is longer than {max_line_bytes} bytes")
+    return content.decode("utf-8", "replace")
 
 
 def _read_stdin_event(stream: BinaryIO, max_bytes: int) -> str:
@@ -456,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_lines,
         "send each line of standard input as its own event",
         "Each line is sent as soon as it arrives, so `tail -F app.log | sse-publish lines logs` "
-        "streams a log live. Invalid UTF-8 bytes become U+FFFD.",
+        f"streams a log live; lines that are there at once go together, up to {BATCH_LINES} in "
+        "one batch. Invalid UTF-8 bytes become U+FFFD.",
     )
     lines.add_argument("topic", metavar="TOPIC")
     lines.add_argument("--print-ids", action="store_true", help="print each event's ID")
@@ -467,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_follow,
         "send each line appended to a file as its own event, like `tail -F`",
         "Starts at the end of the file, waits for it to exist, and follows it by name "
-        "across rotation (reading the old file to its end first) and truncation.",
+        "across rotation (reading the old file to its end first) and truncation. The lines "
+        f"found at once go together, up to {BATCH_LINES} in one batch.",
     )
     follow.add_argument("topic", metavar="TOPIC")
     follow.add_argument("file", metavar="FILE")
@@ -540,6 +615,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.prefix is not None:
         settings = replace(settings, key_prefix=args.prefix)
     return settings
+
+
+def _ignore(text: str) -> None:
+    pass
 
 
 def _print_line(text: str) -> None:

@@ -3,6 +3,8 @@
     with FileFollower(path) as follower:
         for line in follower:          # polls every `interval` seconds, forever
             ...
+        for lines in follower.batches():   # the same, each poll's lines together
+            ...
         follower.poll()                # or: the lines available right now
 
 It starts at the end of the file (or at its start with `from_start=True`) and
@@ -88,8 +90,15 @@ class FileFollower:
         return lines
 
     def __iter__(self) -> Iterator[str]:
+        for lines in self.batches():
+            yield from lines
+
+    def batches(self) -> Iterator[list[str]]:
+        """The lines of each poll that found any, as they come, until the stop condition."""
         while True:
-            yield from self.poll()
+            lines = self.poll()
+            if lines:
+                yield lines
             if self._stop():
                 return
             self._sleep(self.interval)

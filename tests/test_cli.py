@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -13,15 +14,17 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import pytest
 import redis
-from processes import REPO_ROOT, RedisServer, free_port, require_tool, wait_until
+from processes import REPO_ROOT, Gateways, RedisServer, free_port, require_tool, wait_until
 
+from hub.config import Settings
 from hub.events import decode_binary, parse_id
+from hub.publish import NotAllPublished, NotSent
 from hub.topics import Keys
-from publisher.cli import RETRY_CAP_SECONDS, backoff_delay
+from publisher.cli import RETRY_CAP_SECONDS, CliError, Sender, backoff_delay, read_line_batches
 
 CLI = [sys.executable, "-m", "publisher.cli"]
 ID = re.compile(r"\d+-\d+")
@@ -284,6 +287,92 @@ def test_tail_f_into_lines_streams_a_log_live(
     assert hub.data("app") == ["already there", "line 2", "line 3", "line 4"]
 
 
+def test_lines_piped_all_at_once_are_sent_in_batches_in_order(hub: Hub) -> None:
+    lines = [f"burst {n} ✓" for n in range(2_000)]
+    result = hub.run("lines", "burst", "--type", "log", "--print-ids", input="\n".join(lines))
+    assert (result.returncode, result.stderr) == (0, "")
+    entries = hub.entries("burst")
+    assert [d for _, _, d in entries] == lines
+    assert {t for _, t, _ in entries} == {"log"}
+    assert result.stdout.split() == [sid for sid, _, _ in entries]
+    assert all(parse_id(a) < parse_id(b) for (a, _, _), (b, _, _) in itertools.pairwise(entries))
+
+
+def test_lines_through_a_gateway_are_sent_in_batches_in_order(
+    hub: Hub, gateway: Gateways, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    gateway_url = gateway({"HUB_PUBLISH_TOKEN": "tok"}).url
+    process = hub.start("lines", "burst", "--hub", gateway_url, "--token", "tok", "--print-ids")
+    processes.append(process)
+    write(process.stdin, "a trickle\n")
+    assert hub.wait_for("burst", 1) == ["a trickle"]
+    lines = [f"burst {n}" for n in range(1_500)]
+    write(process.stdin, "".join(f"{line}\n" for line in lines))
+    code, out, err = finish(process)
+    assert (code, err) == (0, "")
+    entries = hub.entries("burst")
+    assert [d for _, _, d in entries] == ["a trickle", *lines]
+    assert out.split() == [sid for sid, _, _ in entries]
+
+
+def test_read_line_batches_gives_what_is_there_at_once() -> None:
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "rb") as reader, os.fdopen(write_fd, "wb", buffering=0) as writer:
+        batches = read_line_batches(cast(io.BufferedIOBase, reader), 100, most=500)
+        writer.write(b"one\n")
+        assert next(batches) == ["one"]
+        writer.write(b"two\r\nthr")
+        assert next(batches) == ["two"]
+        writer.write(b"ee\n" + b"".join(b"n%d\n" % n for n in range(1_200)))
+        got = [next(batches) for _ in range(3)]
+        assert [len(batch) for batch in got] == [500, 500, 201]
+        assert [line for batch in got for line in batch] == [
+            "three",
+            *(f"n{n}" for n in range(1_200)),
+        ]
+        writer.write(b"short\n" + b"x" * 101 + b"\nnever\n")
+        assert next(batches) == ["short"]
+        with pytest.raises(CliError, match="longer than 100 bytes"):
+            next(batches)
+
+
+class FlakyPublisher:
+    """Stands in for `Publisher`: its first batch is published in part, Redis failing."""
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+        self.batches: list[list[str]] = []
+
+    def publish_many(self, events: list[tuple[str, str, str]]) -> list[str]:
+        self.batches.append([data for _, data, _ in events])
+        if len(self.batches) == 1:
+            raise NotAllPublished(["1-0", "1-1", self.failure, NotSent(self.failure)])
+        return [f"2-{n}" for n in range(len(events))]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_batch_retried_sends_again_only_what_was_not_published(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lost = redis.exceptions.ConnectionError("Connection lost")
+    flaky = FlakyPublisher(lost)
+    ids: list[str] = []
+    with Sender(Settings(), retries=1, sleep=lambda seconds: None) as sender:
+        monkeypatch.setattr(sender, "_publisher", flaky)
+        sender.texts("t", ["a", "b", "c", "d"], "", ids.append)
+    assert flaky.batches == [["a", "b", "c", "d"], ["c", "d"]]
+    assert ids == ["1-0", "1-1", "2-0", "2-1"]
+    refused = FlakyPublisher(redis.exceptions.ResponseError("OOM command not allowed"))
+    ids.clear()
+    with Sender(Settings(), retries=5, sleep=lambda seconds: None) as sender:
+        monkeypatch.setattr(sender, "_publisher", refused)
+        with pytest.raises(CliError, match="OOM"):
+            sender.texts("t", ["a", "b", "c", "d"], "", ids.append)
+    assert ids == ["1-0", "1-1"] and len(refused.batches) == 1
+
+
 @pytest.mark.parametrize("command", ["lines", "follow"])
 def test_ctrl_c_exits_quietly_with_130(
     hub: Hub, tmp_path: Path, processes: list[subprocess.Popen[bytes]], command: str
@@ -371,6 +460,22 @@ def test_follow_across_append_rotation_and_truncation(
         "five", "six", "seven",
     ]  # fmt: skip
     assert out.split() == [sid for sid, _, _ in entries]
+
+
+def test_follow_sends_a_backlog_in_batches_and_stops_at_max_events(
+    hub: Hub, tmp_path: Path
+) -> None:
+    log = tmp_path / "app.log"
+    lines = [f"backlog {n}" for n in range(1_200)]
+    log.write_text("".join(f"{line}\n" for line in lines))
+    result = hub.run(
+        "follow", "app", str(log), "--from-start", "--max-events", "1000", "--print-ids",
+        "--duration", "60",
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, "")
+    entries = hub.entries("app")
+    assert [d for _, _, d in entries] == lines[:1000]
+    assert result.stdout.split() == [sid for sid, _, _ in entries]
 
 
 def test_follow_waits_for_the_file(

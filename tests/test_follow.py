@@ -173,6 +173,24 @@ def test_iteration_polls_until_the_stop_condition(tmp_path: Path) -> None:
     assert naps == [0.5, 0.5, 0.5]
 
 
+def test_batches_hold_the_lines_of_each_poll_together(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("")
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 1:
+            append(log, "a\nb\nc\n")
+        elif len(naps) == 3:
+            append(log, "d\n")
+
+    follower = FileFollower(log, interval=0.5, stop=lambda: len(naps) >= 4, sleep=sleep)
+    with follower:
+        assert list(follower.batches()) == [["a", "b", "c"], ["d"]]
+    assert naps == [0.5, 0.5, 0.5, 0.5]
+
+
 def test_the_interval_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="interval"):
         FileFollower(tmp_path / "x", interval=0)

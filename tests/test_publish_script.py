@@ -80,6 +80,10 @@ def test_bad_events_are_refused_before_redis() -> None:
             hub.publish("news", "x", "bad type")
         with pytest.raises(InvalidEvent):
             hub.publish("news", "x" * 2_000_000)
+        with pytest.raises(InvalidTopic):
+            hub.publish_many([("news", "fine"), ("no spaces", "x")])
+        with pytest.raises(InvalidEvent):
+            hub.publish_many([("news", "fine"), ("news", "x", "hub-private")])
 
 
 def test_the_script_refuses_an_unknown_announcement(hub: ScriptOnFakeRedis) -> None:
