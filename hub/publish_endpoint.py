@@ -17,6 +17,7 @@ import secrets
 from redis.exceptions import RedisError, ResponseError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from hub.auth import Authority, Forbidden, Grant, Unauthorized
 from hub.config import Settings
@@ -41,6 +42,13 @@ class PublishEndpoint:
     @property
     def enabled(self) -> bool:
         return bool(self._fixed_token) or self.authority.enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "POST":
+            response = await self.handle(Request(scope, receive))
+        else:
+            response = PlainTextResponse("use POST for /publish\n", 405, {"allow": "POST"})
+        await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
         if not self.enabled:
