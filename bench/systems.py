@@ -291,6 +291,9 @@ def hub_x2(ctx: RunContext) -> Iterator[Endpoint]:
   }}
   server {{
     listen 127.0.0.1:{port} backlog=4096 reuseport;
+    # The publisher pipelines its requests on a few connections: nginx would close each
+    # after its 1,000th request (the default), with requests still in flight on it.
+    keepalive_requests 100000000;
     location = /nginx-ready {{ return 200 "ok"; }}
     location / {{
       proxy_pass http://hubs;

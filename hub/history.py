@@ -33,7 +33,8 @@ SHARE_SECONDS = 1.0
 READS_PER_ROUND_TRIP = 1000
 FIRST_STEP = 16
 """Entries asked for by a page's first read; most resumes miss fewer."""
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
+Entries = list[list[Any]]
+"""Stream entries as Redis sends them: `[id, [field, value, field, value...]]` each."""
 log = logging.getLogger("hub.history")
 
 
@@ -140,7 +141,8 @@ class History:
                 Entries,
                 await self._read(topic, "XRANGE", start, "+", "COUNT", step),
             )
-            for sid, fields in entries:
+            for sid, flat in entries:
+                fields = dict(zip(flat[0::2], flat[1::2], strict=True))
                 event = Event.from_entry(topic, sid, fields)
                 if event.malformed:
                     self.malformed_skipped += 1

@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from hub.redis_wire import exchange, pack
 from hub.topology import Node, NoPrimary, Topology
 
 log = logging.getLogger("hub.primaries")
@@ -86,7 +87,8 @@ class Primaries:
         await asyncio.shield(self._refreshing)
 
     async def run(self, key: str, commands: Commands, *, idempotent: bool) -> list[Any]:
-        """Run `commands` on the primary that owns `key`; their results, in order."""
+        """Run `commands` on the primary that owns `key`; their replies, in order, as Redis
+        sent them (RESP2 lists and bytes, no decoding)."""
         deadline = time.monotonic() + self._timeout
         asking: Node | None = None
         unreachable: Exception | None = None
@@ -120,13 +122,12 @@ class Primaries:
             unreachable = await self._refresh_quietly(source)
 
     async def _send(self, node: Node, batch: list[Command]) -> list[Any]:
-        client = self.client(node)
-        if len(batch) == 1:  # the common case, without a pipeline's cost
-            return [await client.execute_command(*batch[0])]  # type: ignore[no-untyped-call]
-        pipeline = client.pipeline(transaction=False)
-        for command in batch:
-            pipeline.execute_command(*command)
-        return await pipeline.execute()
+        """The replies, as Redis sent them (not decoded); the first error reply raised."""
+        replies = await exchange(self.client(node), [pack(command) for command in batch])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def ping(self) -> None:
         """Raise unless every known primary answers."""
