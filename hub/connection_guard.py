@@ -39,14 +39,29 @@ class Limits:
     linger_seconds: float
 
 
-def guarded(inner: type[asyncio.Protocol], limits: Limits) -> type[asyncio.Protocol]:
+@dataclass
+class Connections:
+    """How many connections the guarded server was handed, and how many of them closed."""
+
+    made: int = 0
+    lost: int = 0
+
+    @property
+    def open(self) -> int:
+        return self.made - self.lost
+
+
+def guarded(
+    inner: type[asyncio.Protocol], limits: Limits, connections: Connections | None = None
+) -> type[asyncio.Protocol]:
     """A protocol class that builds `inner` with the server's arguments and guards it."""
+    counted = connections if connections is not None else Connections()
 
     class Guarded(GuardedProtocol):
         __slots__ = ()
 
         def __init__(self, **server_arguments: Any) -> None:
-            super().__init__(inner(**server_arguments), limits)
+            super().__init__(inner(**server_arguments), limits, counted)
 
     return Guarded
 
@@ -86,6 +101,7 @@ class GuardedProtocol(asyncio.Protocol):
     __slots__ = (  # one per connection: slots keep idle streams small
         "_between_requests",
         "_closed",
+        "_connections",
         "_deadline",
         "_header_bytes",
         "_in_headers",
@@ -98,9 +114,10 @@ class GuardedProtocol(asyncio.Protocol):
         "_writing_paused",
     )
 
-    def __init__(self, inner: asyncio.Protocol, limits: Limits) -> None:
+    def __init__(self, inner: asyncio.Protocol, limits: Limits, connections: Connections) -> None:
         self._inner = inner
         self._limits = limits
+        self._connections = connections
         # Only while a request is in flight: an open stream keeps none (idle memory).
         self._parser: httptools.HttpRequestParser | None = None
         self._transport: asyncio.Transport | None = None
@@ -117,6 +134,7 @@ class GuardedProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is one, not a subclass
+        self._connections.made += 1
         self._transport = transport
         self._start_deadline(self._limits.header_seconds)
         self._seen = _Transport(transport, self)
@@ -151,6 +169,7 @@ class GuardedProtocol(asyncio.Protocol):
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.lost += 1
         self._closed = True
         self._cancel_timers()
         self._inner.connection_lost(exc)

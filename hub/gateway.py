@@ -96,7 +96,6 @@ class Gateway:
         self.metrics.watch(self.figures)
         self.streams: set[ClientConnection] = set()
         self._bytes_sent_by_ended = 0
-        self.streams_ended = 0
         self.slow_disconnects = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self._stall_sweep: asyncio.Task[None] | None = None
@@ -206,7 +205,6 @@ class Gateway:
 
     def _ended(self, client: ClientConnection, ending: Ending) -> None:
         self.streams.discard(client)
-        self.streams_ended += 1
         self._bytes_sent_by_ended += client.bytes_sent
         self.fanout.detach(client)
         if ending is Ending.SLOW:

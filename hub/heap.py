@@ -9,10 +9,11 @@ while streams open, holding every event back meanwhile.
 
 So once a second the objects that survived so far are frozen (`gc.freeze`):
 the collector leaves them alone, and young garbage is still collected as
-usual. A closed stream leaves a few objects in reference cycles (uvicorn's
-protocol and its request cycle refer to each other); those that were frozen
-are reclaimed by one full collection once as many streams have ended as are
-open, so the garbage never outgrows the live heap.
+usual. Every closed connection, a stream's or a publish's, leaves a few
+objects in reference cycles (uvicorn's protocol and its request cycle refer
+to each other); those that were frozen are reclaimed by one full collection
+once as many connections have closed as are open, so the garbage never
+outgrows the live heap.
 """
 
 from __future__ import annotations
@@ -26,17 +27,17 @@ from collections.abc import Callable
 log = logging.getLogger("hub.heap")
 
 FREEZE_SECONDS = 1.0
-LEAST_ENDED = 1000
-"""Streams that must end before a full collection is worth its pause."""
+LEAST_CLOSED = 1000
+"""Connections that must close before a full collection is worth its pause."""
 
 
 class FrozenHeap:
     """An async context manager: freezes survivors every second while it is open."""
 
-    def __init__(self, open_streams: Callable[[], int], ended_streams: Callable[[], int]) -> None:
-        self._open_streams = open_streams
-        self._ended_streams = ended_streams
-        self._ended_at_collection = 0
+    def __init__(self, open_connections: Callable[[], int], closed: Callable[[], int]) -> None:
+        self._open = open_connections
+        self._closed = closed
+        self._closed_at_collection = 0
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> FrozenHeap:
@@ -52,16 +53,16 @@ class FrozenHeap:
 
     def step(self) -> None:
         """Reclaim the frozen garbage if it is due, then freeze what survived."""
-        ended = self._ended_streams() - self._ended_at_collection
-        if ended >= max(LEAST_ENDED, self._open_streams()):
+        closed = self._closed() - self._closed_at_collection
+        if closed >= max(LEAST_CLOSED, self._open()):
             started = time.perf_counter()
             gc.unfreeze()
             collected = gc.collect()
-            self._ended_at_collection += ended
+            self._closed_at_collection += closed
             log.info(
-                "collected %d objects left by %d ended streams in %.0f ms",
+                "collected %d objects left by %d closed connections in %.0f ms",
                 collected,
-                ended,
+                closed,
                 (time.perf_counter() - started) * 1000,
                 extra={"event": "heap_collected"},
             )

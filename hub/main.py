@@ -20,7 +20,7 @@ from hub import server as server_glue
 from hub.app import create_app
 from hub.auth import Authority
 from hub.config import ConfigError, Settings
-from hub.connection_guard import Limits, guarded
+from hub.connection_guard import Connections, Limits, guarded
 from hub.embedded import embedded_redis
 from hub.gateway import Gateway
 from hub.heap import FrozenHeap
@@ -55,8 +55,9 @@ async def serve(settings: Settings, worker: bool = False) -> None:
             url = await stack.enter_async_context(embedded_redis())
             settings = dataclasses.replace(settings, redis_url=url)
         gateway = await stack.enter_async_context(Gateway(settings))
+        connections = Connections()
         await stack.enter_async_context(
-            FrozenHeap(lambda: len(gateway.streams), lambda: gateway.streams_ended)
+            FrozenHeap(lambda: connections.open, lambda: connections.lost)
         )
         limits = Limits(
             # Room for the longest request line and header block the app accepts; the
@@ -70,7 +71,7 @@ async def serve(settings: Settings, worker: bool = False) -> None:
             create_app(gateway),
             host=settings.host,
             port=settings.port,
-            http=guarded(server_glue.HTTP_PROTOCOL, limits),
+            http=guarded(server_glue.HTTP_PROTOCOL, limits, connections),
             # uvicorn believes X-Forwarded-For from loopback unless told otherwise.
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=list(settings.trusted_proxies),
