@@ -394,14 +394,10 @@ def _join(
     timeout = 30 + s.clients / 200
     overflows0 = listen_overflows()
     cpu0 = cpu()
-    with LoadClient(
-        opts.tools.loadclient,
-        ep.port,
-        ep.path,
-        s.clients,
-        s.topics,
-        threads=opts.threads,
-        coalesce_us=opts.coalesce_us,
+    with _client(
+        opts,
+        ep,
+        s,
         burst=s.clients,
         cursors=cursors,
         final=s.missed or 1,

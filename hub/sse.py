@@ -30,10 +30,6 @@ def event_body(event_type: str, data: str) -> bytes:
     return (head + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
 
 
-def id_line(cursor: str) -> bytes:
-    return f"id: {cursor}\n".encode("ascii")
-
-
 @dataclass(slots=True)  # not frozen: see `Event`
 class Framed:
     """An event with its wire bytes, built once and shared by every client.

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 import httpx
 import pytest
+import redis
 from httpx_sse import aconnect_sse
 from processes import WaitTimeout, wait_until_async
 
 from hub.config import Settings
+from hub.events import parse_id
+from hub.topics import Keys
 from publisher import AsyncPublisher
 
 TLS = ssl.create_default_context()
@@ -378,3 +382,14 @@ def metric(text: str, name: str) -> float:
     return float(
         next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " "))
     )
+
+
+def stream_entries(redis_url: str, key_prefix: str, topic: str) -> list[tuple[str, str, str]]:
+    """(id, type, data) of each entry of `topic`'s stream, oldest first: what Redis holds."""
+    with redis.Redis.from_url(redis_url) as client:
+        entries = client.xrange(Keys(key_prefix).stream(topic))
+    return [(i.decode(), f[b"t"].decode(), f[b"d"].decode()) for i, f in entries]
+
+
+def ids_increase(ids: Sequence[str]) -> bool:
+    return all(parse_id(a) < parse_id(b) for a, b in itertools.pairwise(ids))

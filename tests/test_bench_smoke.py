@@ -226,27 +226,32 @@ def test_publisher_sends_batches_and_counts_their_answers(publisher: Path, tmp_p
     assert seen[:4] == [("b0", 1), ("b1", 1), ("b2", 1), ("b3", 1)]
 
 
-def test_quick_benchmark_against_one_gateway(tmp_path: Path) -> None:
-    require_tool("cc")
-    require_tool("redis-server")
+def run_bench(script: str, *args: str, timeout: float) -> None:
+    """Run a benchmark script of bench/ to its end; fail with its stderr if it fails."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "run.py"),
-            "--quick",
-            "--systems",
-            "hub",
-            "--scenarios",
-            "fanout-1k-100,storm-1k",
-            "--out",
-            str(tmp_path),
-        ],
+        [sys.executable, str(BENCH / script), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_quick_benchmark_against_one_gateway(tmp_path: Path) -> None:
+    require_tool("cc")
+    require_tool("redis-server")
+    run_bench(
+        "run.py",
+        "--quick",
+        "--systems",
+        "hub",
+        "--scenarios",
+        "fanout-1k-100,storm-1k",
+        "--out",
+        str(tmp_path),
+        timeout=120,
+    )
     rows = {r["scenario"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
     live, storm = rows["fanout-1k-100"], rows["storm-1k"]
     assert "error" not in live and "error" not in storm, (live, storm)
@@ -262,25 +267,18 @@ def test_quick_benchmark_against_one_gateway(tmp_path: Path) -> None:
 def test_publish_scaling_benchmark_runs_every_layout(tmp_path: Path) -> None:
     require_tool("cc")
     require_tool("redis-cli")
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "publish_scaling.py"),
-            "--duration",
-            "0.5",
-            "--repeat",
-            "1",
-            "--out",
-            str(tmp_path),
-            "--results-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
+    run_bench(
+        "publish_scaling.py",
+        "--duration",
+        "0.5",
+        "--repeat",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--results-dir",
+        str(tmp_path),
         timeout=240,
-        cwd=ROOT,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "PUBLISH_SCALING.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and " primar" in line[:12]]
     assert [row.split(" | ")[0] for row in rows] == [
@@ -298,26 +296,19 @@ def test_quick_sparse_http_and_joins_against_one_gateway(tmp_path: Path) -> None
     batches; fresh and resuming joins."""
     require_tool("cc")
     require_tool("redis-server")
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "run.py"),
-            "--quick",
-            "--systems",
-            "hub",
-            "--scenarios",
-            "sparse-http,sparse-http-batch,join-10k,join-10k-resume",
-            "--out",
-            str(tmp_path),
-            "--results-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
+    run_bench(
+        "run.py",
+        "--quick",
+        "--systems",
+        "hub",
+        "--scenarios",
+        "sparse-http,sparse-http-batch,join-10k,join-10k-resume",
+        "--out",
+        str(tmp_path),
+        "--results-dir",
+        str(tmp_path),
         timeout=120,
-        cwd=ROOT,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["scenario"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
     sparse, batch = rows["sparse-http"], rows["sparse-http-batch"]
     fresh, resume = rows["join-10k"], rows["join-10k-resume"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 
@@ -12,9 +11,8 @@ import jwt
 import pytest
 import redis
 from processes import Gateways, RedisServers
-from sse_client import listening
+from sse_client import ids_increase, listening, stream_entries
 
-from hub.events import parse_id
 from hub.topics import Keys
 
 pytestmark = pytest.mark.anyio
@@ -122,17 +120,6 @@ NDJSON = {**AUTH, "content-type": "application/x-ndjson"}
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 
 
-def held(redis_url: str, key_prefix: str, topic: str) -> list[tuple[str, str, str]]:
-    """(id, type, data) of each entry of `topic`'s stream, oldest first."""
-    with redis.Redis.from_url(redis_url) as client:
-        entries = client.xrange(Keys(key_prefix).stream(topic))
-    return [(i.decode(), f[b"t"].decode(), f[b"d"].decode()) for i, f in entries]
-
-
-def assert_in_order(ids: list[str]) -> None:
-    assert all(parse_id(a) < parse_id(b) for a, b in itertools.pairwise(ids)), ids
-
-
 async def test_a_json_array_publishes_a_full_batch_in_order_on_many_topics(
     gateway: Gateways, redis_url: str, key_prefix: str
 ) -> None:
@@ -158,8 +145,8 @@ async def test_a_json_array_publishes_a_full_batch_in_order_on_many_topics(
     for t, topic in enumerate(topics):
         numbers = range(t, 1_000, 50)
         expected = [(ids[n], "t" if n % 3 else "", f'{{"n":{n},"ok":true}}') for n in numbers]
-        assert held(redis_url, key_prefix, topic) == expected
-        assert_in_order([ids[n] for n in numbers])
+        assert stream_entries(redis_url, key_prefix, topic) == expected
+        assert ids_increase([ids[n] for n in numbers]), [ids[n] for n in numbers]
     assert [e.id for e in client.events] == [ids[n] for n in range(7, 1_000, 50)]
 
 
@@ -179,11 +166,11 @@ async def test_ndjson_publishes_one_event_per_line(
     # A batch of one is answered as a batch.
     assert [one.json()["published"], single.json()["published"]] == [1, 1]
     ids = [r["id"] for r in answer["results"]]
-    stored = held(redis_url, key_prefix, "nd")
+    stored = stream_entries(redis_url, key_prefix, "nd")
     assert stored[:300] == [(i, "log", f"line {n} ✓") for n, i in enumerate(ids)]
     assert [i for i, _, _ in stored[300:]] == [one.json()["results"][0]["id"],
                                                single.json()["results"][0]["id"]]  # fmt: skip
-    assert_in_order([i for i, _, _ in stored])
+    assert ids_increase([i for i, _, _ in stored]), [i for i, _, _ in stored]
 
 
 async def test_invalid_events_fail_alone_and_the_others_are_published(
@@ -212,7 +199,7 @@ async def test_invalid_events_fail_alone_and_the_others_are_published(
     assert "over the limit of 1000" in reasons[3] and "'data' is missing" in reasons[4]
     assert "'topic' is missing" in reasons[5] and "must be a string" in reasons[6]
     assert all("\n" not in reason for reason in reasons)
-    assert held(redis_url, key_prefix, "mixed") == [
+    assert stream_entries(redis_url, key_prefix, "mixed") == [
         (results[0]["id"], "", "first"),
         (results[7]["id"], "ok", "last"),
     ]
@@ -237,8 +224,12 @@ async def test_a_token_limited_to_some_topics_publishes_only_those(
     results = response.json()["results"]
     assert [r.get("status") for r in results] == [None, 403, None, 403]
     assert "user/2/a" in results[1]["error"] and "news" in results[3]["error"]
-    assert held(redis_url, key_prefix, "user/1/a") == [(results[0]["id"], "", "0")]
-    assert held(redis_url, key_prefix, "user/2/a") == held(redis_url, key_prefix, "news") == []
+    assert stream_entries(redis_url, key_prefix, "user/1/a") == [(results[0]["id"], "", "0")]
+    assert (
+        stream_entries(redis_url, key_prefix, "user/2/a")
+        == stream_entries(redis_url, key_prefix, "news")
+        == []
+    )
 
 
 LIMITS = {
@@ -306,7 +297,7 @@ async def test_a_batch_over_a_limit_or_malformed_is_refused_whole(
         assert (await http.post("/publish", content=ndjson(plain(10)), headers=NDJSON)).json()[
             "published"
         ] == 10
-    assert len(held(redis_url, key_prefix, "limits")) == 21
+    assert len(stream_entries(redis_url, key_prefix, "limits")) == 21
 
 
 async def test_an_object_body_keeps_the_one_event_limit(gateway: Gateways) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -19,11 +18,11 @@ import redis
 from processes import Gateways, RedisServers, free_port
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from sse_client import publisher
+from sse_client import ids_increase, publisher, stream_entries
 
 from hub import topology
 from hub.config import Settings
-from hub.events import EventTooLarge, InvalidEvent, parse_id
+from hub.events import EventTooLarge, InvalidEvent
 from hub.primaries import Primaries
 from hub.publish import EventWriter, NotReplicated, NotSent
 from hub.redis_wire import pack
@@ -35,17 +34,6 @@ pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-of-at-least-32-bytes!"
 
 
-def stream(url: str, key_prefix: str, topic: str) -> list[tuple[str, str, str]]:
-    """(id, type, data) of each entry of `topic`, oldest first."""
-    with redis.Redis.from_url(url) as client:
-        entries = client.xrange(Keys(key_prefix).stream(topic))
-    return [(i.decode(), f[b"t"].decode(), f[b"d"].decode()) for i, f in entries]
-
-
-def increasing(ids: list[str]) -> bool:
-    return all(parse_id(a) < parse_id(b) for a, b in itertools.pairwise(ids))
-
-
 async def test_publish_many_writes_every_topic_in_order(redis_url: str, key_prefix: str) -> None:
     topics = [f"many/{n}" for n in range(20)]
     # Over a thousand events: the library writes them a thousand at a time.
@@ -55,9 +43,9 @@ async def test_publish_many_writes_every_topic_in_order(redis_url: str, key_pref
     assert len(ids) == len(events)  # stream IDs are unique within a topic, not across
     for topic in topics:
         sent = [(event_id, e) for event_id, e in zip(ids, events, strict=True) if e[0] == topic]
-        held = stream(redis_url, key_prefix, topic)
+        held = stream_entries(redis_url, key_prefix, topic)
         assert [(i, t, d) for i, t, d in held] == [(i, e[2], e[1]) for i, e in sent]
-        assert increasing([i for i, _, _ in held])
+        assert ids_increase([i for i, _, _ in held])
 
 
 async def test_publish_many_takes_pairs_and_triples_and_an_empty_batch(
@@ -70,7 +58,7 @@ async def test_publish_many_takes_pairs_and_triples_and_an_empty_batch(
             ("t", "b", "typed"),
         ]
         ids = await hub.publish_many(iter(pairs_and_triples))
-    assert stream(redis_url, key_prefix, "t") == [(ids[0], "", "a"), (ids[1], "typed", "b")]
+    assert stream_entries(redis_url, key_prefix, "t") == [(ids[0], "", "a"), (ids[1], "typed", "b")]
 
 
 def test_the_sync_publisher_publishes_many(redis_url: str, key_prefix: str) -> None:
@@ -78,7 +66,7 @@ def test_the_sync_publisher_publishes_many(redis_url: str, key_prefix: str) -> N
     with Publisher(settings) as hub:
         ids = hub.publish_many([("s", str(n)) for n in range(300)])
         one = hub.publish("s", "after")
-    held = stream(redis_url, key_prefix, "s")
+    held = stream_entries(redis_url, key_prefix, "s")
     assert [i for i, _, _ in held] == [*ids, one]
     assert [d for _, _, d in held] == [*map(str, range(300)), "after"]
 
@@ -95,7 +83,7 @@ async def test_an_invalid_event_refuses_the_batch_before_anything_is_sent(
     async with publisher(redis_url, key_prefix, max_event_bytes=1_000) as hub:
         with pytest.raises(error):
             await hub.publish_many(events)  # type: ignore[arg-type]
-    assert stream(redis_url, key_prefix, "t") == []
+    assert stream_entries(redis_url, key_prefix, "t") == []
 
 
 async def test_concurrent_publishes_share_one_round_trip_in_call_order(
@@ -112,7 +100,7 @@ async def test_concurrent_publishes_share_one_round_trip_in_call_order(
     # the connection already open (one read of the commands, one write of the replies).
     assert after["total_connections_received"] == before["total_connections_received"]
     assert after["total_commands_processed"] - before["total_commands_processed"] >= 500
-    held = stream(server.url, key_prefix, "t")
+    held = stream_entries(server.url, key_prefix, "t")
     assert [d for _, _, d in held] == [str(n) for n in range(500)]
     assert [i for i, _, _ in held] == ids
 
@@ -127,7 +115,7 @@ async def test_a_publish_cancelled_before_it_is_sent_is_not_sent_and_the_others_
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         assert isinstance(outcomes[3], asyncio.CancelledError)
         assert await hub.publish("t", "later")
-    assert [d for _, _, d in stream(redis_url, key_prefix, "t")] == [
+    assert [d for _, _, d in stream_entries(redis_url, key_prefix, "t")] == [
         *(str(n) for n in range(10) if n != 3),
         "later",
     ]
@@ -148,7 +136,7 @@ async def test_an_event_redis_refuses_fails_alone(redis_url: str, key_prefix: st
     assert isinstance(results[1], ResponseError) and "WRONGTYPE" in str(results[1])
     assert "1 of 3 events were not published" in str(caught.value)
     assert isinstance(alone[1], ResponseError)
-    held = stream(redis_url, key_prefix, "t")
+    held = stream_entries(redis_url, key_prefix, "t")
     assert [i for i, _, _ in held] == [results[0], results[2], alone[0]]
     assert [d for _, _, d in held] == ["a", "c", "d"]
 
@@ -164,10 +152,10 @@ async def test_an_emptied_script_cache_is_filled_again_in_order(
         # Every EVALSHA of this pipeline answers NOSCRIPT: they go again, in order.
         ids = await hub.publish_many([(("a", "b")[n % 2], str(n)) for n in range(200)])
         assert await hub.publish("b", "after")
-    assert [d for _, _, d in stream(server.url, key_prefix, "a")][1:] == [
+    assert [d for _, _, d in stream_entries(server.url, key_prefix, "a")][1:] == [
         str(n) for n in range(0, 200, 2)
     ]
-    held_b = stream(server.url, key_prefix, "b")
+    held_b = stream_entries(server.url, key_prefix, "b")
     assert [d for _, _, d in held_b] == [*(str(n) for n in range(1, 200, 2)), "after"]
     assert [i for i, _, _ in held_b][:-1] == ids[1::2]
 
@@ -225,7 +213,7 @@ async def test_events_that_no_replica_confirms_are_written_but_not_acknowledged(
             await hub.publish("t", "c")
     results = caught.value.results
     assert all(isinstance(r, NotReplicated) for r in results)
-    held = stream(redis_url, key_prefix, "t")
+    held = stream_entries(redis_url, key_prefix, "t")
     assert [d for _, _, d in held] == ["a", "b", "c"]
     assert [r.event_id for r in results if isinstance(r, NotReplicated)] == [
         i for i, _, _ in held[:2]
@@ -256,7 +244,7 @@ def test_http_publish_many_publishes_in_order_over_several_requests(
         ids = http.publish_many(events)  # 500 events a request at most: three requests
     for topic in ("h/0", "h/1", "h/2"):
         sent = [(i, e) for i, e in zip(ids, events, strict=True) if e[0] == topic]
-        assert stream(redis_url, key_prefix, topic) == [(i, e[2], e[1]) for i, e in sent]
+        assert stream_entries(redis_url, key_prefix, topic) == [(i, e[2], e[1]) for i, e in sent]
 
 
 def test_http_publish_many_names_the_first_refused_event_after_publishing_the_others(
@@ -274,5 +262,5 @@ def test_http_publish_many_names_the_first_refused_event_after_publishing_the_ot
     assert "theirs" in message
     ids = caught.value.ids
     assert [i is None for i in ids] == [False, True, False, True, False]
-    assert stream(redis_url, key_prefix, "mine/a") == [(ids[0], "", "1"), (ids[4], "", "5")]
-    assert stream(redis_url, key_prefix, "theirs") == []
+    assert stream_entries(redis_url, key_prefix, "mine/a") == [(ids[0], "", "1"), (ids[4], "", "5")]
+    assert stream_entries(redis_url, key_prefix, "theirs") == []
