@@ -129,6 +129,56 @@ class Settings:
         "Comma-separated topic patterns (`*` is any run of characters) that need a token "
         "to subscribe; other topics are public.",
     )
+    jwt_audience: str = _setting(
+        "HUB_JWT_AUDIENCE",
+        "",
+        "The hub's resource identifier: when set, a token's `aud` must name it (Mercure's "
+        "current tokens must carry it; set it to the hub's public URL).",
+    )
+    jwt_issuers: tuple[str, ...] = _setting(
+        "HUB_JWT_ISSUERS",
+        (),
+        "Comma-separated issuers (`iss`) a token may come from; empty: any issuer.",
+    )
+    jwt_legacy_tokens: str = _setting(
+        "HUB_JWT_LEGACY_TOKENS",
+        "on",
+        "`on` also accepts tokens in the older Mercure form: a `mercure` claim with "
+        "`publish`/`subscribe` topic selectors, `typ` JWT, `exp` optional. `off`: only "
+        "`at+jwt` tokens with `authorization_details`.",
+    )
+    public_url: str = _setting(
+        "HUB_PUBLIC_URL",
+        "http://localhost/",
+        "The URL browsers reach the hub at; relative Mercure topics and URL patterns are "
+        "resolved against it.",
+    )
+    mercure_partitions: int = _setting(
+        "HUB_MERCURE_PARTITIONS",
+        16,
+        "Streams Mercure updates are spread over (by topic); fixed for a deployment's life: "
+        "cursors name their partition.",
+    )
+    mercure_anonymous: str = _setting(
+        "HUB_MERCURE_ANONYMOUS",
+        "on",
+        "`on` lets subscribers without a token receive public Mercure updates; `off` "
+        "requires a token (401).",
+    )
+    mercure_max_matchers: int = _setting(
+        "HUB_MERCURE_MAX_MATCHERS", 32, "Topic matchers one Mercure subscription may hold (400)."
+    )
+    mercure_max_topic_bytes: int = _setting(
+        "HUB_MERCURE_MAX_TOPIC_BYTES",
+        1024,
+        "Longest topic, matcher or publisher-chosen ID, in bytes (400 for a matcher, 413 "
+        "for a published field).",
+    )
+    mercure_subscriptions: str = _setting(
+        "HUB_MERCURE_SUBSCRIPTIONS",
+        "on",
+        "`on` publishes Mercure subscription events and serves the subscriptions API.",
+    )
     max_url_bytes: int = _setting("HUB_MAX_URL_BYTES", 8192, "Longest request target accepted.")
     max_header_bytes: int = _setting(
         "HUB_MAX_HEADER_BYTES", 16384, "Largest total of request header names and values."
@@ -218,6 +268,9 @@ class Settings:
             "HUB_REQUEST_BODY_SECONDS": self.request_body_seconds,
             "HUB_MAX_JSON_DEPTH": self.max_json_depth,
             "HUB_MAX_JSON_VALUES": self.max_json_values,
+            "HUB_MERCURE_PARTITIONS": self.mercure_partitions,
+            "HUB_MERCURE_MAX_MATCHERS": self.mercure_max_matchers,
+            "HUB_MERCURE_MAX_TOPIC_BYTES": self.mercure_max_topic_bytes,
         }
         for env, value in positive.items():
             if value <= 0:
@@ -244,6 +297,15 @@ class Settings:
                     raise ConfigError(
                         f"HUB_TRUSTED_PROXIES: {proxy!r} is not an address or a network"
                     ) from None
+        for env, switch in (
+            ("HUB_JWT_LEGACY_TOKENS", self.jwt_legacy_tokens),
+            ("HUB_MERCURE_ANONYMOUS", self.mercure_anonymous),
+            ("HUB_MERCURE_SUBSCRIPTIONS", self.mercure_subscriptions),
+        ):
+            if switch not in ("on", "off"):
+                raise ConfigError(f"{env} must be on or off, got {switch!r}")
+        if not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"HUB_PUBLIC_URL must be an http(s) URL, got {self.public_url!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"HUB_LOG_FORMAT must be text or json, got {self.log_format!r}")
 
