@@ -23,6 +23,12 @@
  * its first event came; the "join" object of the result has the latest of each and their
  * spread per stream (the joins of bench/run.py).
  *
+ * --path is a template of the request target: "%d" is the stream's topic index, "%%" a
+ * percent sign, and any other "%" stays as it is, so a URL-encoded query can be given as
+ * it goes on the wire: --path '/.well-known/mercure?match=https%3A%2F%2Fbench.example%2Fb%d'.
+ * Only seq and t in an event's data count: the event IDs (stream IDs, Mercure's "#3:..." or
+ * a publisher's own) are kept as they come, for Last-Event-ID on a reconnect.
+ *
  * Build: cc -O2 -pthread -o loadclient loadclient.c
  */
 #define _GNU_SOURCE
@@ -386,9 +392,29 @@ static void on_readable(worker_t *w, conn_t *c, char *rb) {
     }
 }
 
+/* The request target of topic `topic` from the --path template: "%d" is the topic index,
+ * "%%" a percent sign, any other "%" (a URL-encoded byte) is copied as it is. */
+static void expand_path(char *out, size_t cap, const char *tmpl, int topic) {
+    size_t n = 0;
+    for (const char *p = tmpl; *p && n + 1 < cap; p++) {
+        if (p[0] == '%' && p[1] == 'd') {
+            int w = snprintf(out + n, cap - n, "%d", topic);
+            if (w < 0 || (size_t)w >= cap - n) break;
+            n += (size_t)w;
+            p++;
+        } else if (p[0] == '%' && p[1] == '%') {
+            out[n++] = '%';
+            p++;
+        } else {
+            out[n++] = *p;
+        }
+    }
+    out[n] = 0;
+}
+
 static void send_request(worker_t *w, conn_t *c) {
-    char path[512], req[2048];
-    snprintf(path, sizeof path, o_path, c->topic);
+    char path[1024], req[4096];
+    expand_path(path, sizeof path, o_path, c->topic);
     const char *lid = c->last_id[0] ? c->last_id : o_last_id;
     char lid_h[ID_MAX + 32] = "";
     if (lid[0]) snprintf(lid_h, sizeof lid_h, "Last-Event-ID: %s\r\n", lid);
@@ -475,7 +501,7 @@ static void *worker_main(void *arg) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadclient --port P [--host 127.0.0.1] [--path FMT (%%d = topic)] [--topics T]\n"
+            "usage: loadclient --port P [--host 127.0.0.1] [--path TEMPLATE (%%d = topic)] [--topics T]\n"
             "  [--conns N] [--threads K] [--burst B] [--last-event-id ID] [--header 'Name: v']\n"
             "  [--ready-timeout S] [--drain S] [--max-time S] [--final SEQ] [--start-seq 1] [--coalesce-us U] [--no-reconnect]\n"
             "  [--cursors FILE] [--hold]\n");
@@ -593,7 +619,9 @@ int main(int argc, char **argv) {
         else usage();
 #undef OPT
     }
-    if (o_conns < 1 || o_topics < 1 || o_threads < 1 || o_port < 1 || strlen(o_last_id) >= ID_MAX) usage();
+    if (o_conns < 1 || o_topics < 1 || o_threads < 1 || o_port < 1 || strlen(o_last_id) >= ID_MAX ||
+        strlen(o_path) > 900)
+        usage();
     if (o_threads > o_conns) o_threads = o_conns;
     memset(&g_addr, 0, sizeof g_addr);
     g_addr.sin_family = AF_INET;

@@ -14,7 +14,7 @@ from typing import Any
 
 from native import BenchError, LoadClient, Tools, publish
 from procstat import cpu_seconds, listen_overflows, rss_bytes
-from scenarios import Scenario
+from scenarios import FANOUTS_COMPARED, MERCURE_COMPARED, NATIVE_HTTP_COUNTERPARTS, Scenario
 from systems import SYSTEMS, Endpoint, RedisServer, RunContext
 
 
@@ -70,6 +70,16 @@ def measure(
 
 def _skip(s: Scenario, system: str) -> str:
     """Why the system cannot run the scenario ("" if it can)."""
+    if s.name in NATIVE_HTTP_COUNTERPARTS and system != "hub":
+        plain = next(k for k, v in MERCURE_COMPARED.items() if v == s.name)
+        if system == "hub-mercure":
+            return (
+                f"the Mercure face is published over HTTP in {plain} itself; this is the "
+                "native hub's counterpart for the comparison"
+            )
+        return f"{plain} published through POST /publish, for the Mercure comparison: hub only"
+    if system == "hub-mercure":
+        return _skip_mercure(s)
     if system != "baseline":
         return ""
     if s.kind == "storm" or (s.kind == "join" and s.missed):
@@ -84,12 +94,38 @@ def _skip(s: Scenario, system: str) -> str:
     return ""
 
 
+def _skip_mercure(s: Scenario) -> str:
+    """Why the Mercure face does not run the scenario ("" if it does)."""
+    if s.kind == "storm" or (s.kind == "join" and s.missed):
+        return (
+            "it resumes from cursors the native publish path hands out (the script's reply); "
+            "Mercure's resumption is not measured here"
+        )
+    if s.publish == "http-batch":
+        return "Mercure has no batch form: one update per POST"
+    if s.name == "sparse-10k":
+        return "the Mercure face has no Redis path: published over HTTP, it is sparse-http"
+    if s.name == "topics-10k":
+        return (
+            "100,000 publishes/s, one per POST: more than HTTP publishing takes "
+            "(publish-http-max says how many)"
+        )
+    if s.kind == "live" and s.topics == 1 and s.name not in FANOUTS_COMPARED:
+        compared = ", ".join(FANOUTS_COMPARED)
+        return f"a chart point of the native faces; the comparison takes {compared}"
+    return ""
+
+
 def publish_plan(s: Scenario, ep: Endpoint) -> dict[str, Any]:
     """How the scenario's events reach the system: the publisher's mode, port and pipelining.
 
     The hub's `POST /publish` (scenarios that publish over HTTP) takes several connections,
     as uvicorn answers the requests pipelined on one connection one at a time; Nchan, which
-    has no batch form, is always published through its /pub, one event per request."""
+    has no batch form, is always published through its /pub, one event per request; the
+    Mercure face, which has no Redis path, through POST /.well-known/mercure, one update per
+    request, on as many connections as the native POST /publish."""
+    if ep.publish_mode == "mercure":
+        return dict(mode="mercure", port=ep.port, token=ep.publish_token, conns=8, window=32)
     if s.http_publish and ep.publish_token:
         if s.publish == "http-batch":
             return dict(

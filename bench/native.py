@@ -187,7 +187,11 @@ class LoadClient:
             self._proc.wait()
         for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
             if stream is not None:
-                stream.close()
+                try:
+                    stream.close()
+                except BrokenPipeError:
+                    # stdin still holds a line the client, gone (its drain ran out), never read
+                    pass
 
     def __enter__(self) -> LoadClient:
         return self
@@ -225,8 +229,9 @@ def publish(
 ) -> dict[str, Any]:
     """Run the publisher to the end; its figures (sent, acked, final_seq, achieved_per_s...).
 
-    `mode`: redis, nchan, hub (POST /publish, one event per request) or hub-batch
-    (`batch` events per request); `ids_out`: a file of each topic's last event ID."""
+    `mode`: redis, nchan, hub (POST /publish, one event per request), hub-batch
+    (`batch` events per request) or mercure (POST /.well-known/mercure, form-encoded, one
+    update per request); `ids_out`: a file of each topic's last event ID."""
     args = [
         str(exe),
         "--mode",

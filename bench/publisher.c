@@ -12,6 +12,11 @@
  *                     --ndjson, application/x-ndjson: one object per line); the answer's
  *                     "published" counts as acked and its "failed" as errors. A batch is
  *                     written once it is full or its first event waited --linger-ms.
+ *   --mode mercure    HTTP/1.1 POST --path (/.well-known/mercure) to the hub's Mercure face, one
+ *                     update per request, application/x-www-form-urlencoded:
+ *                     topic=<the topic>&data=<the event>, both URL-encoded, with Authorization:
+ *                     Bearer --token; one "<topic>" line per topic (an IRI, as it is); the
+ *                     answer (200, text/plain) is the update's ID.
  *
  * Every mode keeps up to --window requests outstanding on each of --conns keep-alive
  * connections (HTTP/1.1 pipelining; a server that answers them one at a time, as uvicorn
@@ -27,7 +32,8 @@
  * one JSON object: offered vs achieved.
  * The time stamp "t" of an event is taken when its request is written.
  * --ids-out FILE writes, per topic (line i: topic i), the ID the last answer for it gave
- * (redis: the script's reply; hub: "id"; nchan: "last_message_id"); not with hub-batch.
+ * (redis: the script's reply; hub: "id"; nchan: "last_message_id"; mercure: the answer's
+ * body); not with hub-batch.
  *
  * Build: cc -O2 -o publisher publisher.c
  */
@@ -51,7 +57,7 @@
 #define MAX_BATCH 10000
 #define DATA_MAX (8192 + 512)
 
-enum { M_REDIS, M_NCHAN, M_HUB, M_HUB_BATCH };
+enum { M_REDIS, M_NCHAN, M_HUB, M_HUB_BATCH, M_MERCURE };
 
 typedef struct {
     char *p;
@@ -70,7 +76,7 @@ typedef struct {
 } pconn_t;
 
 typedef struct {
-    char *a, *b; /* redis: stream, channel; nchan: path; hub: topic */
+    char *a, *b; /* redis: stream, channel; nchan: path; hub: topic; mercure: topic, URL-encoded */
     size_t alen, blen;
 } target_t;
 
@@ -91,7 +97,7 @@ static const char *o_maxage = "0";
 static int o_pad = 0;
 static double o_ack_timeout = 30;
 static const char *o_token = "";
-static const char *o_path = "/publish";
+static const char *o_path = NULL; /* hub: /publish, mercure: /.well-known/mercure */
 static int o_batch = 100;
 static double o_linger_ms = 20;
 static int o_ndjson = 0;
@@ -146,7 +152,7 @@ static void load_targets(void) {
         if (!n) continue;
         if (g_nt == cap) { cap *= 2; g_t = realloc(g_t, sizeof(target_t) * (size_t)cap); }
         target_t *t = &g_t[g_nt++];
-        char *sp = strchr(line, ' ');
+        char *sp = o_mode == M_MERCURE ? NULL : strchr(line, ' '); /* an IRI may hold none */
         if (o_mode == M_REDIS && !sp) {
             fprintf(stderr, "publisher: target line needs '<stream> <channel>': %s\n", line);
             exit(2);
@@ -159,6 +165,23 @@ static void load_targets(void) {
     }
     fclose(f);
     if (!g_nt) { fprintf(stderr, "publisher: no targets in %s\n", o_targets); exit(2); }
+}
+
+/* s[0..n) URL-encoded (every byte but A-Z a-z 0-9 - . _ ~ as %XX) onto b. */
+static void b_urlencode(buf_t *b, const char *s, size_t n) {
+    static const char hex[] = "0123456789ABCDEF";
+    b_reserve(b, 3 * n);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+            ch == '.' || ch == '_' || ch == '~') {
+            b->p[b->len++] = (char)ch;
+        } else {
+            b->p[b->len++] = '%';
+            b->p[b->len++] = hex[ch >> 4];
+            b->p[b->len++] = hex[ch & 15];
+        }
+    }
 }
 
 /* The event's JSON, its quotes escaped when it goes inside a JSON string. */
@@ -225,6 +248,14 @@ static void add_event(pconn_t *c, long long k, const char *pad) {
     } else if (o_mode == M_NCHAN) {
         int dl = fmt_data(data, sizeof data, k, pad, 0);
         http_request(c, t->a, "application/json", data, (size_t)dl);
+    } else if (o_mode == M_MERCURE) {
+        int dl = fmt_data(data, sizeof data, k, pad, 0);
+        g_body.len = 0;
+        b_add(&g_body, "topic=", 6);
+        b_add(&g_body, t->b, t->blen);
+        b_add(&g_body, "&data=", 6);
+        b_urlencode(&g_body, data, (size_t)dl);
+        http_request(c, o_path, "application/x-www-form-urlencoded", g_body.p, g_body.len);
     } else {
         char ev[DATA_MAX + 256];
         int el = fmt_hub_event(ev, sizeof ev, k, pad);
@@ -424,6 +455,11 @@ static long long parse_http(pconn_t *c, int *closing) {
                     else note_error("failed events in a batch", 24);
                 }
             }
+        } else if (o_mode == M_MERCURE) {
+            size_t il = blen; /* the body is the update's ID */
+            while (il && (body[il - 1] == '\n' || body[il - 1] == '\r' || body[il - 1] == ' ')) il--;
+            if (il) keep_id(v, body, il);
+            g_acked++;
         } else {
             const char *id;
             long long il = json_str(body, blen, o_mode == M_NCHAN ? "\"last_message_id\"" : "\"id\"", &id);
@@ -477,7 +513,8 @@ int main(int argc, char **argv) {
             else if (strcmp(v, "nchan") == 0) o_mode = M_NCHAN;
             else if (strcmp(v, "hub") == 0) o_mode = M_HUB;
             else if (strcmp(v, "hub-batch") == 0) o_mode = M_HUB_BATCH;
-            else { fprintf(stderr, "publisher: --mode redis|nchan|hub|hub-batch\n"); return 2; }
+            else if (strcmp(v, "mercure") == 0) o_mode = M_MERCURE;
+            else { fprintf(stderr, "publisher: --mode redis|nchan|hub|hub-batch|mercure\n"); return 2; }
         } else if (OPT("--host")) o_host = v;
         else if (OPT("--port")) o_port = atoi(v);
         else if (OPT("--targets")) o_targets = v;
@@ -500,14 +537,16 @@ int main(int argc, char **argv) {
         else if (OPT("--ids-out")) o_ids_out = v;
         else if (strcmp(a, "--ndjson") == 0) o_ndjson = 1;
         else {
-            fprintf(stderr, "usage: publisher --mode redis|nchan|hub|hub-batch --port P --targets FILE\n"
+            fprintf(stderr, "usage: publisher --mode redis|nchan|hub|hub-batch|mercure --port P --targets FILE\n"
                             "  [--rate R/topic/s] [--duration S | --count N] [--sha SHA] [--conns K] [--window W]\n"
-                            "  [--pad BYTES] [--token T] [--path /publish] [--batch N] [--linger-ms MS] [--ndjson]\n"
+                            "  [--pad BYTES] [--token T] [--path /publish | /.well-known/mercure] [--batch N]\n"
+                            "  [--linger-ms MS] [--ndjson]\n"
                             "  [--ids-out FILE] [--ack-timeout S]\n");
             return 2;
         }
 #undef OPT
     }
+    if (!o_path) o_path = o_mode == M_MERCURE ? "/.well-known/mercure" : "/publish";
     if (!o_targets || o_conns < 1 || o_conns > MAX_CONNS || o_window < 1 || o_pad < 0 || o_pad > 4000 ||
         o_batch < 1 || o_batch > MAX_BATCH || o_linger_ms < 0 || (o_mode == M_REDIS && strlen(o_sha) != 40) ||
         strlen(o_token) > 2048 || strlen(o_path) > 1024 || (o_ids_out && o_mode == M_HUB_BATCH)) {
@@ -519,6 +558,15 @@ int main(int argc, char **argv) {
     int batching = o_mode == M_HUB_BATCH;
     int is_http = o_mode != M_REDIS;
     load_targets();
+    if (o_mode == M_MERCURE) {
+        for (int i = 0; i < g_nt; i++) { /* the topic as the form carries it, once */
+            g_scratch.len = 0;
+            b_urlencode(&g_scratch, g_t[i].a, g_t[i].alen);
+            g_t[i].b = strndup(g_scratch.p, g_scratch.len);
+            g_t[i].blen = g_scratch.len;
+        }
+        g_scratch.len = 0;
+    }
     if (o_ids_out) g_ids = calloc((size_t)g_nt, sizeof(char *));
     char *pad = malloc((size_t)o_pad + 1);
     memset(pad, 'x', (size_t)o_pad);

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from measure import HTTP_BATCH
+from scenarios import MERCURE_COMPARED, NATIVE_HTTP_COUNTERPARTS
 from systems import LABELS
 
 Row = dict[str, Any]
@@ -478,6 +479,7 @@ PUBLISH_LABELS = {
     "nchan": "Nchan's HTTP /pub, pipelined",
     "hub": "POST /publish, one event per request, pipelined",
     "hub-batch": "POST /publish, a JSON array of ≤ {batch} events per request",
+    "mercure": "POST /.well-known/mercure, form-encoded, one update per request, pipelined",
 }
 
 
@@ -522,6 +524,97 @@ def sparse_table(rows: list[Row]) -> list[str]:
             f"{_f(gateway_redis_us(r), 1)} |"
         )
     return lines
+
+
+MERCURE_TARGET = 1.2
+"""The Mercure face's gateway CPU per delivery, at most this many times the native face's."""
+
+
+def _side(r: Row | None, fn: Any) -> str:
+    return fn(r) if r is not None else "–"
+
+
+def _lat(r: Row) -> str:
+    return f"{r['lat_ms']['p50']:.1f} / {r['lat_ms']['p99']:.1f}"
+
+
+def _lost_dup(r: Row) -> str:
+    return f"{r['lost']:,} / {r['dup']:,}"
+
+
+def _delivered(r: Row) -> str:
+    return f"{100 * r['delivered_fraction']:.1f}%"
+
+
+def _publish_errors(r: Row) -> str:
+    return f"{r['publish_errors']:,}"
+
+
+def _gateway_redis(r: Row) -> str:
+    return _f(gateway_redis_us(r))
+
+
+def _published(r: Row) -> str:
+    return _f(r["published_eps"])
+
+
+def mercure_ratio(native: Row | None, mercure: Row | None) -> float | None:
+    """The Mercure face's gateway CPU per delivery over the native face's."""
+    nv = gateway_us(native) if native else None
+    mv = gateway_us(mercure) if mercure else None
+    return mv / nv if nv and mv is not None else None
+
+
+def mercure_table(rows: list[Row]) -> list[str]:
+    """The Mercure face against the native one, scenario by scenario, both published over
+    HTTP one event per request: gateway CPU per delivery and its ratio, latency, losses."""
+    head = (
+        "| Scenario: Mercure ← native | Gateway µs / delivery: native | Mercure | "
+        f"Mercure / native (target ≤ {MERCURE_TARGET:g}×) | "
+        "Gateway + Redis µs / delivery: native → Mercure | "
+        "Publishes/s offered: achieved native → Mercure | p50 / p99 ms: native | Mercure | "
+        "Lost / dup: native | Mercure | Delivered: native | Mercure | "
+        "Publish errors: native | Mercure |"
+    )
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for mercure_name, native_name in MERCURE_COMPARED.items():
+        sides = ((native_name, "hub"), (mercure_name, "hub-mercure"))
+        if not any((r["scenario"], r["system"]) in sides for r in rows):
+            continue
+        n, m = _by(rows, native_name, "hub"), _by(rows, mercure_name, "hub-mercure")
+        name = mercure_name if mercure_name == native_name else f"{mercure_name} ← {native_name}"
+        ratio = mercure_ratio(n, m)
+        if ratio is not None:
+            met = "met" if ratio <= MERCURE_TARGET else "not met"
+            verdict = f"{ratio:.2f}× ({met}: {100 * (ratio - 1):+.0f}%)"
+        else:
+            verdict = "– " + "; ".join(
+                f"no {what}: {scenario} on {system} {_why_missing(rows, scenario, system)}"
+                for what, r, (scenario, system) in zip(
+                    ("native", "Mercure"), (n, m), sides, strict=True
+                )
+                if r is None or gateway_us(r) is None
+            )
+        lines.append(
+            f"| {name} | {_us_cell(gateway_us(n) if n else None)} | "
+            f"{_us_cell(gateway_us(m) if m else None)} | {verdict} | "
+            f"{_side(n, _gateway_redis)} → {_side(m, _gateway_redis)} | "
+            f"{_f((n or m or {}).get('offered_eps'))}: "
+            f"{_side(n, _published)} → {_side(m, _published)} | "
+            f"{_side(n, _lat)} | {_side(m, _lat)} | {_side(n, _lost_dup)} | "
+            f"{_side(m, _lost_dup)} | {_side(n, _delivered)} | {_side(m, _delivered)} | "
+            f"{_side(n, _publish_errors)} | {_side(m, _publish_errors)} |"
+        )
+    return lines
+
+
+def _why_missing(rows: list[Row], scenario: str, system: str) -> str:
+    for r in rows:
+        if r["scenario"] == scenario and r["system"] == system:
+            if "error" in r:
+                return "failed: " + str(r["error"])
+            return "skipped" if "skipped" in r else "delivered nothing"
+    return "not run"
 
 
 def join_table(rows: list[Row]) -> list[str]:
@@ -740,6 +833,9 @@ def write_markdown(path: Path, rows: list[Row], meta: dict[str, Any], chart: Pat
         *join_table(rows),
         "",
     ]
+    mercure = mercure_table(rows)
+    if len(mercure) > 2:
+        out += ["## Mercure face against native", "", *MERCURE_INTRO, "", *mercure, ""]
     profiles = [r for r in rows if r.get("profile") and "self_top" in r["profile"]]
     if profiles:
         out += ["## Profile of the hub's gateway (py-spy, self time)", ""]
@@ -752,6 +848,22 @@ def write_markdown(path: Path, rows: list[Row], meta: dict[str, Any], chart: Pat
             out.append("")
     out += ["## How it is measured", "", *METHOD, ""]
     path.write_text("\n".join(out))
+
+
+MERCURE_INTRO = [
+    "The same one gateway, measured through its two faces, each published over HTTP one event "
+    "per request on 8 pipelined keep-alive connections: native (`hub`: `GET /events?topic=b<i>`, "
+    "`POST /publish` with JSON) against Mercure (`hub-mercure`: `GET /.well-known/mercure?match="
+    "https://bench.example/b<i>`, `POST /.well-known/mercure` with `topic=…&data=…` form-encoded). "
+    "A fan-out `fanout-X` of the Mercure face is compared with `fanout-X-http` of the native one "
+    "(the plain `fanout-X` publishes the native hub into Redis); the sparse topics with "
+    "`sparse-http` on both (the Mercure face has no Redis path, so it has no `sparse-10k`). "
+    "Gateway CPU includes taking the publishes on both sides. A topic's events always go over "
+    "the same connection (so they stay in order), and the gateway answers a connection's "
+    "requests one at a time: a one-topic fan-out is published on one connection, at the rate "
+    "its round trips allow (*publishes/s*), whichever face. The target: the Mercure face "
+    f"costs at most {MERCURE_TARGET:g}× the native face's gateway CPU per delivery.",
+]
 
 
 METHOD = [
@@ -824,7 +936,13 @@ METHOD = [
 ]
 
 
-COLORS = {"hub": "tab:blue", "hub-x2": "tab:cyan", "baseline": "tab:red", "nchan": "tab:green"}
+COLORS = {
+    "hub": "tab:blue",
+    "hub-mercure": "tab:purple",
+    "hub-x2": "tab:cyan",
+    "baseline": "tab:red",
+    "nchan": "tab:green",
+}
 SPARSE = ("sparse-10k", "sparse-http", "sparse-http-batch")
 JOINS = ("join-10k", "join-10k-resume")
 
@@ -839,7 +957,14 @@ def write_chart(path: Path, rows: list[Row]) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    points = [r for r in rows if r["kind"] == "live" and r["topics"] == 1 and "lat_ms" in r]
+    points = [
+        r
+        for r in rows
+        if r["kind"] == "live"
+        and r["topics"] == 1
+        and "lat_ms" in r
+        and r["scenario"] not in NATIVE_HTTP_COUNTERPARTS
+    ]
     sparse = [r for r in rows if r["scenario"] in SPARSE and gateway_redis_us(r) is not None]
     joins = [r for r in rows if r["scenario"] in JOINS and "cpu_us_per_join" in r]
     if not (points or sparse or joins):

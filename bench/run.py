@@ -3,6 +3,7 @@
     python bench/run.py                      # everything (about 25 minutes)
     python bench/run.py --quick              # a smoke run: a tenth of the clients, 2 s each
     python bench/run.py --systems hub,nchan --scenarios fanout-1k-1000 --profile fanout-1k-1000
+    python bench/run.py --systems hub,hub-mercure --scenarios fanout-1k-1000,fanout-1k-1000-http,sparse-http
 
 A full run writes bench/RESULTS.md and bench/chart.png; a --quick run, or one that picks
 systems or scenarios, writes them to bench/out/ unless --results-dir says otherwise. The
@@ -32,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 
 NEEDS = {
     "hub": ["redis-server"],
+    "hub-mercure": ["redis-server"],
     "hub-x2": ["redis-server", "nginx"],
     "baseline": ["redis-server"],
     "nchan": ["nginx"],

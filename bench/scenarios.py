@@ -10,6 +10,17 @@ PUBLISH_PATHS = {
     "http-batch": "HTTP, the hub's POST /publish with batches (a JSON array); Nchan's /pub",
 }
 
+FANOUTS_COMPARED = ("fanout-1k-100", "fanout-1k-1000", "fanout-5k-100")
+MERCURE_COMPARED: dict[str, str] = {
+    **{name: f"{name}-http" for name in FANOUTS_COMPARED},
+    "sparse-http": "sparse-http",
+}
+"""The Mercure face against the native one, both published over HTTP, one event per request:
+the scenario `hub-mercure` runs (published through POST /.well-known/mercure in all of them)
+to the one `hub` runs for it (published through POST /publish). The `-http` fan-outs exist
+for this alone: the plain ones publish the native hub into Redis."""
+NATIVE_HTTP_COUNTERPARTS = frozenset(v for k, v in MERCURE_COMPARED.items() if k != v)
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -49,7 +60,7 @@ class Scenario:
             return f"{self.topics:,} topics, one client each, {self.count} events each at full speed{how}"
         if self.topics > 1:
             return f"{self.topics:,} topics, one client each, {self.rate:g} ev/s each{how}"
-        return f"{self.clients:,} clients, one topic, {self.rate:g} ev/s"
+        return f"{self.clients:,} clients, one topic, {self.rate:g} ev/s{how}"
 
 
 def default_scenarios(duration: float) -> list[Scenario]:
@@ -61,6 +72,19 @@ def default_scenarios(duration: float) -> list[Scenario]:
         Scenario("fanout-2k-100", "live", 2000, rate=100, duration=d, chart=True, required=False),
         Scenario("fanout-250-1000", "live", 250, rate=1000, duration=d, chart=True, required=False),
         Scenario("fanout-500-1000", "live", 500, rate=1000, duration=d, chart=True, required=False),
+        # the native counterparts of the Mercure face's fan-outs: POST /publish, not Redis
+        *(
+            Scenario(
+                f"fanout-{k}-{rate}-http",
+                "live",
+                clients,
+                rate=rate,
+                duration=d,
+                publish="http",
+                required=False,
+            )
+            for k, clients, rate in (("1k", 1000, 100), ("1k", 1000, 1000), ("5k", 5000, 100))
+        ),
         Scenario("idle-10k", "idle", 10_000),
         Scenario("topics-10k", "live", 10_000, topics=10_000, rate=10, duration=d),
         Scenario("storm-1k", "storm", 1000, missed=1000),

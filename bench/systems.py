@@ -1,6 +1,9 @@
 """The systems under test, each started fresh on free 127.0.0.1 ports and stopped after use.
 
 - `hub`: one gateway process (`python -m hub`).
+- `hub-mercure`: the same gateway, through its Mercure face: clients subscribe on
+  `GET /.well-known/mercure?match=<topic>`, events are published with
+  `POST /.well-known/mercure` (form-encoded, one update per request).
 - `hub-x2`: two gateway processes behind nginx.
 - `baseline`: bench/baseline_app.py under uvicorn (one Redis subscription per client).
 - `nchan`: nginx with the Nchan module, one worker, EventSource subscribers, HTTP publisher.
@@ -25,6 +28,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
 import redis
 import repository  # noqa: F401  (the repository's root on sys.path, for tests.processes)
@@ -60,6 +64,20 @@ START_ERRORS = (ProcessStartError, MissingTool, WaitTimeout, subprocess.TimeoutE
 
 def topic_name(index: int) -> str:
     return f"b{index}"
+
+
+MERCURE_TOPIC_BASE = "https://bench.example/"
+"""The Mercure face's topics are IRIs: `MERCURE_TOPIC_BASE` + the native name (b<index>)."""
+
+
+def mercure_topic(index: int) -> str:
+    return MERCURE_TOPIC_BASE + topic_name(index)
+
+
+MERCURE_SUBSCRIBE_PATH = (
+    "/.well-known/mercure?match=" + quote(MERCURE_TOPIC_BASE + "b", safe="") + "%d"
+)
+"""The load client's --path template (its `%d` is the topic index; the rest goes as it is)."""
 
 
 @contextmanager
@@ -124,14 +142,14 @@ class Endpoint:
     """A started system: where clients connect and how events are published to it."""
 
     port: int
-    path: str  # printf format, %d = topic index
+    path: str  # the load client's template: %d = topic index
     pid_groups: Callable[[], dict[str, list[int]]]
-    publish_mode: str  # "redis" or "nchan"
+    publish_mode: str  # "redis", "nchan" or "mercure" (POST /.well-known/mercure at `port`)
     publish_port: int
     prefix: str = ""
     storm_publish_path: str = ""
     notes: list[str] = field(default_factory=list)
-    publish_token: str = ""  # the hub's POST /publish at `port` takes it; "" = no such endpoint
+    publish_token: str = ""  # the hub's POST /publish (and Mercure's POST) at `port` take it
 
     def pids(self) -> list[int]:
         return [pid for group in self.pid_groups().values() for pid in group]
@@ -148,6 +166,8 @@ class Endpoint:
                 t = topic_name(i)
                 if mode in ("hub", "hub-batch"):
                     f.write(f"{t}\n")
+                elif mode == "mercure":
+                    f.write(f"{mercure_topic(i)}\n")
                 elif mode == "redis":
                     f.write(f"{keys.stream(t)} {keys.channel(t)}\n")
                 else:
@@ -279,6 +299,21 @@ def hub(ctx: RunContext) -> Iterator[Endpoint]:
 
 
 @contextmanager
+def hub_mercure(ctx: RunContext) -> Iterator[Endpoint]:
+    """The one gateway of `hub`, subscribed to and published to through its Mercure face."""
+    with _hub_gateway(ctx) as gateway:
+        yield Endpoint(
+            gateway.port,
+            MERCURE_SUBSCRIBE_PATH,
+            lambda: {"gateway": tree(gateway.pid)},
+            "mercure",
+            gateway.port,
+            ctx.prefix,
+            publish_token=_hub_settings(ctx)["HUB_PUBLISH_TOKEN"],
+        )
+
+
+@contextmanager
 def hub_x2(ctx: RunContext) -> Iterator[Endpoint]:
     with ExitStack() as stack:
         gateways = [stack.enter_context(_hub_gateway(ctx)) for _ in range(2)]
@@ -401,6 +436,7 @@ def nchan(ctx: RunContext) -> Iterator[Endpoint]:
 
 SYSTEMS: dict[str, Callable[[RunContext], AbstractContextManager[Endpoint]]] = {
     "hub": hub,
+    "hub-mercure": hub_mercure,
     "hub-x2": hub_x2,
     "baseline": baseline,
     "nchan": nchan,
@@ -408,6 +444,7 @@ SYSTEMS: dict[str, Callable[[RunContext], AbstractContextManager[Endpoint]]] = {
 
 LABELS = {
     "hub": "hub (1 gateway)",
+    "hub-mercure": "hub, Mercure face (1 gateway)",
     "hub-x2": "hub (2 gateways + nginx)",
     "baseline": "baseline (sse-starlette, 1 Redis sub/client)",
     "nchan": "Nchan (1 worker)",

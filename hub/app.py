@@ -23,6 +23,11 @@ from hub.auth import Authority
 from hub.config import Settings
 from hub.events_endpoint import UNAVAILABLE_HEADER, EventsEndpoint
 from hub.gateway import TRUNCATED_HEADER, Gateway
+from hub.mercure.endpoint import MERCURE_PATH, MercureEndpoint
+from hub.mercure.gateway import MercureGateway
+from hub.mercure.presence import SUBSCRIPTIONS_PATH, Presence, SubscriptionsEndpoint
+from hub.mercure.publish import PublishEndpoint as MercurePublishEndpoint
+from hub.mercure.subscribe import SubscribeEndpoint
 from hub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hub.publish import EventWriter
 from hub.publish_endpoint import PublishEndpoint
@@ -54,18 +59,28 @@ def create_app(gateway: Gateway) -> ASGIApp:
     async def metrics(request: Request) -> Response:
         return Response(gateway.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
+    writer = EventWriter(settings, gateway.primaries)
+    mercure = MercureGateway(gateway, writer)
+    # Off, the API still answers: 404, saying why.
+    presence = Presence(mercure, authority) if settings.mercure_subscriptions == "on" else None
+    subscriptions = SubscriptionsEndpoint(presence, authority, settings.public_url)
     app: ASGIApp = Starlette(
         routes=[
             Route("/metrics", metrics),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            # The collection and everything under it; the endpoint reads the raw path,
+            # as a match holds `/` (sent as `%2F`).
+            Route(SUBSCRIPTIONS_PATH + "{rest:path}", subscriptions),
             Mount("/", StaticFiles(directory=WEB_DIR, html=True, check_dir=False)),
         ]
     )
     direct: dict[str, ASGIApp] = {
         "/events": EventsEndpoint(gateway, authority, slots),
-        "/publish": PublishEndpoint(
-            settings, authority, slots, EventWriter(settings, gateway.primaries)
+        "/publish": PublishEndpoint(settings, authority, slots, writer),
+        MERCURE_PATH: MercureEndpoint(
+            SubscribeEndpoint(mercure, authority, slots),
+            MercurePublishEndpoint(mercure, authority, slots),
         ),
     }
     cors = _cors_options(settings)
@@ -86,8 +101,8 @@ def _cors_options(settings: Settings) -> dict[str, Any]:
         # Credentials are never combined with `*`: that would let any site read them.
         allow_credentials=not any_origin,
         allow_methods=["GET", "POST"],
-        allow_headers=["authorization", "content-type", "last-event-id"],
-        expose_headers=[TRUNCATED_HEADER, UNAVAILABLE_HEADER],
+        allow_headers=["authorization", "content-type", "last-event-id", "cache-control"],
+        expose_headers=[TRUNCATED_HEADER, UNAVAILABLE_HEADER, "Last-Event-ID", "WWW-Authenticate"],
         max_age=600,
     )
 

@@ -85,6 +85,9 @@ class Topic:
     simple: set[ClientConnection] = field(default_factory=set)
     composite: dict[ClientConnection, int] = field(default_factory=dict)
     joining: dict[ClientConnection, Joiner] = field(default_factory=dict)
+    taps: list[Callable[[Event], None]] = field(default_factory=list)
+    """Listeners that see every event of the topic, in order, malformed ones included
+    (Mercure's sequencer, for its partitions)."""
     ready: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -95,7 +98,7 @@ class Topic:
     reread: bool = False
 
     def idle(self) -> bool:
-        return not (self.simple or self.composite or self.joining or self.waiters)
+        return not (self.simple or self.composite or self.joining or self.waiters or self.taps)
 
 
 @dataclass
@@ -177,6 +180,15 @@ class Fanout:
         for topic in topics:  # the caller makes the client a member before it next awaits
             topic.waiters -= 1
         return topics
+
+    def tap(self, topic: Topic, listener: Callable[[Event], None]) -> StreamId:
+        """Give `listener` every event of `topic` after its position, which is returned.
+
+        The topic is kept subscribed while it has a listener.
+        """
+        assert topic.position is not None
+        topic.taps.append(listener)
+        return topic.position
 
     def attach(self, client: ClientConnection, topics: list[Topic]) -> None:
         """Make `client` a live member of every topic, starting from now."""
@@ -359,6 +371,8 @@ class Fanout:
         frame = framed.frame
         for joiner in topic.joining.values():
             joiner.add(framed)
+        for listener in topic.taps:
+            listener(framed.event)
         if not frame:
             self._skip(topic, framed)
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -99,6 +99,8 @@ class Gateway:
         self.slow_disconnects = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self._stall_sweep: asyncio.Task[None] | None = None
+        self.closing: list[Callable[[], None]] = []
+        """Called as the gateway closes, by parts built on it (Mercure's sequencer)."""
 
     async def __aenter__(self) -> Gateway:
         await self.primaries.__aenter__()
@@ -109,6 +111,8 @@ class Gateway:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.end_all()
+        for close in self.closing:
+            close()
         for task in (self._heartbeat, self._stall_sweep):
             if task is not None:
                 task.cancel()
@@ -153,17 +157,38 @@ class Gateway:
             client.end(Ending.DISCONNECTED)
             raise
 
+    def connect(self, on_end: Callable[[ClientConnection, Ending], None]) -> ClientConnection:
+        """A stream that belongs to no native topic (a Mercure one), with the heartbeats,
+        limits and shutdown of every stream; `on_end` hears of its end too."""
+
+        def ended(client: ClientConnection, ending: Ending) -> None:
+            self._ended(client, ending)
+            on_end(client, ending)
+
+        client = ClientConnection(
+            (), [], self.settings.client_buffer_bytes, self.fanout.flusher, ended
+        )
+        self.streams.add(client)
+        return client
+
+    def serve_connection(
+        self, client: ClientConnection, send: Send, receive: Receive
+    ) -> Awaitable[None]:
+        """Write a stream until it ends, starting with the reconnection delay it is to use."""
+        client.push(sse.retry(self.retry_hint()))
+        return client.run(send, receive)
+
     def serve(self, opened: Opened, send: Send, receive: Receive) -> Awaitable[None]:
         """Write the stream until it ends; the response has started.
 
         Not a coroutine itself: a frame held for each open stream's life costs memory.
         """
         client = opened.client
-        client.push(sse.retry(self.retry_hint()))
         # The replay holds the first pages only while it needs them, not for the stream's life.
         resumes, opened.resumes = opened.resumes, []
         if not resumes:
-            return client.run(send, receive)
+            return self.serve_connection(client, send, receive)
+        client.push(sse.retry(self.retry_hint()))
         return self._serve_replaying(client, resumes, send, receive)
 
     async def _serve_replaying(

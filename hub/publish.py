@@ -54,6 +54,13 @@ PUBLISH_SCRIPT = """\
 -- ARGV[6]  'PUBLISH', or 'SPUBLISH' in a Redis Cluster: sharded pub/sub announces the
 --          event only on the primary that owns the topic's slot (its hash tag), where
 --          the gateways subscribe with SSUBSCRIBE
+-- KEYS[2]  (optional) a key in the stream's slot that is to name the entry's ID: a
+--          Mercure publisher's own ID for the update, so a subscriber can resume from it
+-- ARGV[7]  how long that key is kept, in ms
+-- ARGV[8]  (optional) '1': the entry's ID is the server's clock in microseconds,
+--          <ms>-<µs within the ms × 1000>, rather than Redis's <ms>-<counter>: entries
+--          of different streams on one server then sort by the order they were
+--          written in (Mercure's partitions: see hub/mercure/record.py)
 --
 -- Each entry records the ID of the entry before it ('p'). A gateway or a
 -- replay that sees an entry whose 'p' is not the last ID it holds knows, for
@@ -66,13 +73,28 @@ local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local prev = '0-0'
 if last[1] then prev = last[1][1] end
 
+local wanted = '*'
+if ARGV[8] == '1' then
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local seq = (tonumber(now[2]) % 1000) * 1000
+  if last[1] then
+    local last_ms, last_seq = string.match(prev, '^(%d+)-(%d+)$')
+    last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
+    if ms < last_ms or (ms == last_ms and seq <= last_seq) then
+      ms, seq = last_ms, last_seq + 1
+    end
+  end
+  wanted = string.format('%.0f-%.0f', ms, seq)
+end
+
 local id
 local maxlen = tonumber(ARGV[3])
 if maxlen > 0 then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, wanted,
                   'p', prev, 't', ARGV[2], 'd', ARGV[1])
 else
-  id = redis.call('XADD', KEYS[1], '*', 'p', prev, 't', ARGV[2], 'd', ARGV[1])
+  id = redis.call('XADD', KEYS[1], wanted, 'p', prev, 't', ARGV[2], 'd', ARGV[1])
 end
 
 local max_age = tonumber(ARGV[4])
@@ -87,6 +109,9 @@ if announce ~= 'PUBLISH' and announce ~= 'SPUBLISH' then
   return redis.error_reply('ERR ARGV[6] must be PUBLISH or SPUBLISH')
 end
 redis.call(announce, ARGV[5], id .. '\\n' .. prev .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[1])
+if KEYS[2] then
+  redis.call('SET', KEYS[2], id, 'PX', ARGV[7])
+end
 return id
 """
 PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
@@ -135,10 +160,20 @@ def _keys(prefix: str) -> Keys:
 
 
 def script_call(
-    settings: Settings, topic: str, data: str, event_type: str, announce: str = "PUBLISH"
+    settings: Settings,
+    topic: str,
+    data: str,
+    event_type: str,
+    announce: str = "PUBLISH",
+    internal: bool = False,
 ) -> tuple[str, list[str | int]]:
-    """Check one event; the publish script's key and arguments for it (see `PUBLISH_SCRIPT`)."""
-    check_topic(topic)
+    """Check one event; the publish script's key and arguments for it (see `PUBLISH_SCRIPT`).
+
+    An `internal` topic is one of the hub's own (a Mercure partition), whose name no
+    client can give: the topic grammar does not apply to it.
+    """
+    if not internal:
+        check_topic(topic)
     check_event_type(event_type)
     check_data(data, settings.max_event_bytes)
     keys = _keys(settings.key_prefix)
@@ -150,6 +185,11 @@ def script_call(
         keys.channel(topic),
         announce,
     ]
+
+
+def alias_key(stream_key: str, alias: str) -> str:
+    """The key that names the entry a publisher's own ID stands for (same slot as the stream)."""
+    return f"{stream_key}:id:{alias}"
 
 
 class Call(NamedTuple):
@@ -248,6 +288,15 @@ class EventWriter:
             )
         )  # fmt: skip
         return Call(key, command, packed)
+
+    def prepare_internal(self, topic: str, data: str, alias: str, alias_ms: int) -> Call:
+        """The call for an event of one of the hub's own topics, its ID from the server's
+        clock in microseconds; with an `alias`, the publish also sets
+        `<stream key>:id:<alias>` to the event's ID for `alias_ms`."""
+        key, args = script_call(self.settings, topic, data, "", self._announce, internal=True)
+        keys = (key, alias_key(key, alias)) if alias else (key,)
+        command: Command = ("EVALSHA", PUBLISH_SHA, len(keys), *keys, *args, alias_ms, "1")
+        return Call(key, command, pack(command))
 
     async def publish(self, topic: str, data: str, event_type: str = "") -> str:
         """Append and announce one event; return its ID."""

@@ -75,7 +75,7 @@ async def read_publish_request(request: Request, limits: Limits) -> PublishReque
     """One event, or a batch; `BadRequest` for a body that is neither."""
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type == "application/json":
-        body = await _read_body(request, limits.event_body, limits.batch_body)
+        body = await read_body(request, limits.event_body, limits.batch_body)
         match = _NOT_SPACE.search(body)
         if match is not None and body[match.start()] == ord("["):
             items = parse_json(body, limits.depth + 1, limits.values, limits.batch_events)
@@ -86,9 +86,9 @@ async def read_publish_request(request: Request, limits: Limits) -> PublishReque
             raise BadRequest(f"send a JSON object: {_ONE_EVENT}, or an array of them")
         return _event(fields)
     if content_type == "application/x-ndjson":
-        return _ndjson_batch(await _read_body(request, limits.batch_body), limits)
+        return _ndjson_batch(await read_body(request, limits.batch_body), limits)
     if content_type in ("application/x-www-form-urlencoded", ""):
-        body = await _read_body(request, limits.event_body)
+        body = await read_body(request, limits.event_body)
         try:
             return _event(dict(QueryParams(body.decode("utf-8"))))
         except UnicodeDecodeError:
@@ -148,7 +148,7 @@ def _ndjson_batch(body: bytes, limits: Limits) -> Batch:
     return _batch(items, limits, name)
 
 
-async def _read_body(request: Request, limit: int, array_limit: int | None = None) -> bytes:
+async def read_body(request: Request, limit: int, array_limit: int | None = None) -> bytes:
     """The body, within `limit`; within `array_limit` instead if it is a JSON array."""
     most = limit if array_limit is None else max(limit, array_limit)
     declared = request.headers.get("content-length")

@@ -48,6 +48,11 @@ class Listener:
     use_query: bool = False
     events: list[Received] = field(default_factory=list)
     headers: httpx.Headers | None = None
+    path: str = "/events"
+    query: Sequence[tuple[str, str]] | None = None
+    """The query in full, instead of `topic=` per topic (a Mercure subscription's matchers)."""
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+    cookies: Mapping[str, str] = field(default_factory=dict)
     status: int | None = None
     ended: bool = False
     connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -58,16 +63,18 @@ class Listener:
         return self
 
     async def _run(self) -> None:
-        params: list[tuple[str, str]] = [("topic", topic) for topic in self.topics]
-        headers = {}
+        params = _query(self.topics, self.query)
+        headers = dict(self.request_headers)
         if self.last_event_id and self.use_query:
             params.append(("last_event_id", self.last_event_id))
         elif self.last_event_id:
             headers["Last-Event-ID"] = self.last_event_id
         timeout = httpx.Timeout(10.0, read=None)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, verify=TLS) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, verify=TLS, cookies=dict(self.cookies)
+        ) as client:
             async with aconnect_sse(
-                client, "GET", "/events", params=params, headers=headers
+                client, "GET", self.path, params=params, headers=headers
             ) as source:
                 self.status = source.response.status_code
                 self.headers = source.response.headers
@@ -131,6 +138,10 @@ class Listener:
                 await self._task
 
 
+def _query(topics: Sequence[str], query: Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    return list(query) if query is not None else [("topic", topic) for topic in topics]
+
+
 @contextlib.asynccontextmanager
 async def listening(
     base_url: str, topics: Sequence[str], count: int = 1, last_event_id: str = ""
@@ -174,6 +185,9 @@ class ReconnectingListener:
     """Responses other than 200 (nginx's 502 when it has no gateway to offer, for example).
     This client tries again after them; a browser's EventSource would give up for good."""
     retry_ms: int = 3000
+    path: str = "/events"
+    query: Sequence[tuple[str, str]] | None = None
+    request_headers: Mapping[str, str] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
 
     def start(self) -> ReconnectingListener:
@@ -181,14 +195,16 @@ class ReconnectingListener:
         return self
 
     async def _run(self) -> None:
-        params = [("topic", topic) for topic in self.topics]
+        params = _query(self.topics, self.query)
         timeout = httpx.Timeout(5.0, read=30.0)
         async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, verify=TLS) as client:
             while True:
-                headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
+                headers = dict(self.request_headers)
+                if self.last_event_id:
+                    headers["Last-Event-ID"] = self.last_event_id
                 try:
                     async with aconnect_sse(
-                        client, "GET", "/events", params=params, headers=headers
+                        client, "GET", self.path, params=params, headers=headers
                     ) as source:
                         if source.response.status_code != 200:
                             self.refusals += 1

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 from processes import require_tool
@@ -48,8 +49,9 @@ def _chunk(data: bytes) -> bytes:
 
 
 @contextmanager
-def scripted_server(body: list[bytes]) -> Iterator[int]:
-    """A one-connection HTTP server that sends `body` as a chunked event stream, then ends it."""
+def scripted_server(body: list[bytes], heads: list[bytes] | None = None) -> Iterator[int]:
+    """A one-connection HTTP server that sends `body` as a chunked event stream, then ends it
+    (the request it got goes to `heads`)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -58,7 +60,9 @@ def scripted_server(body: list[bytes]) -> Iterator[int]:
     def serve() -> None:
         conn, _ = listener.accept()
         with conn:
-            conn.recv(4096)
+            head = conn.recv(4096)
+            if heads is not None:
+                heads.append(head)
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n"
@@ -124,6 +128,129 @@ def test_load_client_counts_lost_and_duplicated_events(loadclient: Path) -> None
     assert result["lost"] == 2  # seq 3, and seq 6 that never came
     assert result["other_events"] == 1
     assert 0 <= result["lat_us"]["p50"] < 60_000_000
+
+
+def test_load_client_expands_its_path_template_and_keeps_mercure_ids(loadclient: Path) -> None:
+    """--path is a template: %d is the topic, %% a percent sign, a URL-encoded byte stays as
+    it is; a Mercure update ID (not a stream ID) does not upset the count."""
+    now = time.time_ns()
+    frames = [
+        b'id: #3:1700000000000-%d\ndata: {"seq":%d,"t":%d}\n\n' % (seq, seq, now)
+        for seq in (1, 2, 3)
+    ]
+    heads: list[bytes] = []
+    with scripted_server(frames, heads) as port:
+        done = subprocess.run(
+            [
+                str(loadclient),
+                "--port",
+                str(port),
+                "--path",
+                "/.well-known/mercure?match=https%3A%2F%2Fbench.example%2Fb%d&x=100%%",
+                "--conns",
+                "1",
+                "--threads",
+                "1",
+                "--final",
+                "3",
+                "--max-time",
+                "3",
+                "--no-reconnect",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert heads[0].startswith(
+        b"GET /.well-known/mercure?match=https%3A%2F%2Fbench.example%2Fb0&x=100% HTTP/1.1\r\n"
+    )
+    assert (result["deliveries"], result["lost"], result["dup"]) == (3, 0, 0)
+    assert result["protocol_errors"] == 0
+
+
+@contextmanager
+def mercure_publish_server(requests: list[tuple[bytes, bytes]]) -> Iterator[int]:
+    """A one-connection stand-in for `POST /.well-known/mercure`: it records each request's
+    head and body and answers, as the hub does, 200 text/plain with the update's ID."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+                while b"\r\n\r\n" in data:
+                    head, _, rest = data.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(rest) < length:
+                        break
+                    requests.append((head, rest[:length]))
+                    data = rest[length:]
+                    body = b"#1:1700000000000-%d" % len(requests)
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
+def test_publisher_posts_form_encoded_mercure_updates(publisher: Path, tmp_path: Path) -> None:
+    targets = tmp_path / "topics.txt"
+    topics = [f"https://bench.example/b{i}?x=1&y=a b" for i in range(3)]
+    targets.write_text("".join(f"{t}\n" for t in topics))
+    ids = tmp_path / "ids.txt"
+    requests: list[tuple[bytes, bytes]] = []
+    with mercure_publish_server(requests) as port:
+        done = subprocess.run(
+            [
+                str(publisher),
+                "--mode",
+                "mercure",
+                "--port",
+                str(port),
+                "--targets",
+                str(targets),
+                "--token",
+                "secret",
+                "--rate",
+                "0",
+                "--count",
+                "2",
+                "--window",
+                "4",
+                "--ids-out",
+                str(ids),
+                "--ack-timeout",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["sent"], result["acked"], result["errors"]) == (6, 6, 0)
+    head = requests[0][0]
+    assert head.startswith(b"POST /.well-known/mercure HTTP/1.1\r\n")
+    assert b"\r\nAuthorization: Bearer secret" in head
+    assert b"\r\nContent-Type: application/x-www-form-urlencoded" in head
+    forms = [parse_qsl(body.decode(), strict_parsing=True) for _, body in requests]
+    assert all([name for name, _ in form] == ["topic", "data"] for form in forms)
+    seen = [(form[0][1], json.loads(form[1][1])["seq"]) for form in forms]
+    assert seen == [(t, seq) for seq in (1, 2) for t in topics]
+    assert ids.read_text().splitlines() == [f"#1:1700000000000-{n}" for n in (4, 5, 6)]
 
 
 @contextmanager
@@ -328,3 +455,43 @@ def test_quick_sparse_http_and_joins_against_one_gateway(tmp_path: Path) -> None
     assert resume["deliveries"] == resume["clients"] * resume["missed"]
     assert resume["all_streaming_s"] is not None
     assert "Targets (issue 13)" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_quick_mercure_face_against_native(tmp_path: Path) -> None:
+    """The Mercure face (`hub-mercure`) beside the native one, both published over HTTP: a
+    fan-out against its native `POST /publish` counterpart, and the sparse topics."""
+    require_tool("cc")
+    require_tool("redis-server")
+    run_bench(
+        "run.py",
+        "--quick",
+        "--systems",
+        "hub,hub-mercure",
+        "--scenarios",
+        "fanout-1k-100,fanout-1k-100-http,sparse-http",
+        "--out",
+        str(tmp_path),
+        "--results-dir",
+        str(tmp_path),
+        timeout=180,
+    )
+    rows = {
+        (r["scenario"], r["system"]): r
+        for r in json.loads((tmp_path / "results.json").read_text())["rows"]
+    }
+    assert "skipped" in rows["fanout-1k-100-http", "hub-mercure"]
+    pairs = (("fanout-1k-100", "fanout-1k-100-http"), ("sparse-http", "sparse-http"))
+    for mercure_name, native_name in pairs:
+        mercure, native = rows[mercure_name, "hub-mercure"], rows[native_name, "hub"]
+        for row, mode in ((mercure, "mercure"), (native, "hub")):
+            assert "error" not in row, row
+            assert row["publish_mode"] == mode
+            assert row["connected"] == row["clients"], row
+            assert (row["lost"], row["dup"], row["publish_errors"]) == (0, 0, 0), row
+            assert row["deliveries"] == row["expected_deliveries"] > 0, row
+            assert row["cpu_us_per_delivery"]["gateway"] > 0
+    results = (tmp_path / "RESULTS.md").read_text()
+    section = results.split("## Mercure face against native", 1)[1]
+    compared = [line for line in section.splitlines() if line.startswith("| fanout-1k-100 ← ")]
+    assert compared and "×" in compared[0], section[:2000]
+    assert any(line.startswith("| sparse-http | ") for line in section.splitlines())

@@ -115,7 +115,7 @@ class App {
     const bad = topics.find((t) => !TOPIC.test(t));
     let error = "";
     if (topics.length === 0) error = "Type at least one topic.";
-    else if (bad) error = `“${bad.slice(0, 40)}” is not a topic: use 1-128 characters from A-Z a-z 0-9 _ - . / :`;
+    else if (bad) error = `“${bad.slice(0, 40)}” is not a topic: use 1-1024 characters, no spaces or control characters`;
     else if (this.#clients.length >= MAX_CLIENTS) error = `At most ${MAX_CLIENTS} clients.`;
     setText(this.addError, error);
     if (error) return;

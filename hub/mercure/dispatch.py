@@ -1,0 +1,181 @@
+"""Which Mercure streams get an update: their matchers, and their token for private ones.
+
+Streams whose matchers are all exact topics are indexed by topic, so an update
+costs a lookup per topic and a write per recipient, however many streams are
+open; streams with URL patterns, templates or `*` are asked one by one, each
+answer remembered per topic. Every update's frame is built once.
+
+A stream that resumes joins in two steps, as native ones do: it is registered
+first (updates released meanwhile are kept for it), then it reads what it
+missed from the partitions, in position order, up to the last position the
+sequencer had released, and it goes live where the two meet.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from hub.auth import Grant
+from hub.client_connection import ClientConnection
+from hub.events import ORIGIN, StreamId
+from hub.history import History
+from hub.mercure.matchers import TopicFilter
+from hub.mercure.record import (
+    InvalidUpdate,
+    Position,
+    Stored,
+    after_in_partition,
+    partition_topic,
+    position,
+)
+
+JOIN_PENDING_LIMIT = 10_000
+"""Updates kept for a stream still replaying; past that it reads them from the partitions."""
+
+
+@dataclass(eq=False, slots=True)
+class MercureStream:
+    """One subscriber's connection: what it selects, what it may read, where it is."""
+
+    client: ClientConnection
+    selects: TopicFilter
+    readable: TopicFilter | None
+    """The topics the token lets it read privately (None: public updates only)."""
+    last: Position
+    pending: list[Stored] | None = None
+    overflowed: bool = False
+    grant: Grant | None = field(default=None, repr=False)
+
+    def wants(self, stored: Stored) -> bool:
+        topics = stored.update.topics
+        if not self.selects.matches_any(topics):
+            return False
+        return not stored.update.private or (
+            self.readable is not None and self.readable.matches_any(topics)
+        )
+
+    def send(self, stored: Stored) -> None:
+        self.last = stored.position
+        self.client.push(stored.frame)
+
+
+class Dispatcher:
+    def __init__(self) -> None:
+        self._exact: dict[str, set[MercureStream]] = {}
+        self._broad: set[MercureStream] = set()
+        self._joining: set[MercureStream] = set()
+        self.deliveries = 0
+
+    def join(self, stream: MercureStream) -> None:
+        """Keep what is released for `stream` until it goes live."""
+        stream.pending = []
+        self._joining.add(stream)
+
+    def go_live(self, stream: MercureStream) -> None:
+        self._joining.discard(stream)
+        stream.pending = None
+        if stream.selects.wildcard or len(stream.selects.exact) < len(stream.selects.matchers):
+            self._broad.add(stream)
+            return
+        for topic in stream.selects.exact:
+            self._exact.setdefault(topic, set()).add(stream)
+
+    def leave(self, stream: MercureStream) -> None:
+        self._joining.discard(stream)
+        self._broad.discard(stream)
+        for topic in stream.selects.exact:
+            members = self._exact.get(topic)
+            if members is not None:
+                members.discard(stream)
+                if not members:
+                    del self._exact[topic]
+
+    def release(self, stored: Stored) -> None:
+        """Send a released update to every live stream that wants it."""
+        topics = stored.update.topics
+        sent = 0
+        if len(topics) == 1:
+            members = self._exact.get(topics[0])
+            if members:
+                if not stored.update.private:
+                    frame = stored.frame
+                    for stream in members:
+                        stream.last = stored.position
+                        stream.client.push(frame)
+                    sent += len(members)
+                else:
+                    for stream in members:
+                        if stream.wants(stored):
+                            stream.send(stored)
+                            sent += 1
+        else:
+            chosen: set[MercureStream] = set()
+            for topic in topics:
+                chosen.update(self._exact.get(topic, ()))
+            for stream in chosen:
+                if stream.wants(stored):
+                    stream.send(stored)
+                    sent += 1
+        for stream in self._broad:
+            if stream.wants(stored):
+                stream.send(stored)
+                sent += 1
+        for stream in self._joining:
+            pending = stream.pending
+            if pending is None:
+                continue
+            if len(pending) < JOIN_PENDING_LIMIT:
+                pending.append(stored)
+            else:
+                pending.clear()
+                stream.overflowed = True
+        self.deliveries += sent
+
+
+@dataclass
+class Replayer:
+    """Reads what a stream missed, across the partitions, in position order."""
+
+    history: History
+    partitions: int
+
+    async def between(self, start: Position, end: Position) -> AsyncIterator[Stored]:
+        """The updates after `start` up to `end`, in order (pages read as they are needed)."""
+        cursors = [self._iterate(p, after_in_partition(start, p) or ORIGIN, end)
+                   for p in range(self.partitions)]  # fmt: skip
+        heads: list[tuple[Position, int, Stored]] = []
+        for partition, cursor in enumerate(cursors):
+            first = await anext(cursor, None)
+            if first is not None:
+                heads.append((first.position, partition, first))
+        heapq.heapify(heads)
+        while heads:
+            _, partition, stored = heads[0]
+            yield stored
+            following = await anext(cursors[partition], None)
+            if following is None:
+                heapq.heappop(heads)
+            else:
+                heapq.heapreplace(heads, (following.position, partition, following))
+
+    async def _iterate(
+        self, partition: int, after: StreamId, end: Position
+    ) -> AsyncIterator[Stored]:
+        name = partition_topic(partition)
+        while True:
+            page = await self.history.page_after(name, after)
+            for framed in page.events:
+                pos = position(partition, framed.event.id)
+                if pos > end:
+                    return
+                after = framed.event.id
+                if framed.event.malformed:
+                    continue
+                try:
+                    yield Stored.read(pos, framed.event.data)
+                except InvalidUpdate:
+                    continue
+            if page.complete or not page.events:
+                return
