@@ -33,8 +33,10 @@ from hub.mercure.record import (
     position,
 )
 from hub.mercure.sequencer import Sequencer
+from hub.primaries import Command
 from hub.publish import Call, EventWriter, alias_key
 from hub.topics import Keys
+from hub.topology import Node
 
 ALIAS_MS_WITHOUT_AGE_BOUND = 7 * 24 * 3600 * 1000
 """How long a publisher's own ID stays usable as a cursor when history has no age bound."""
@@ -207,5 +209,5 @@ class MercureGateway:
             listener(stream)
 
 
-def _get(key: str) -> Callable[[object], list[tuple[str, str]]]:
+def _get(key: str) -> Callable[[Node], list[Command]]:
     return lambda node: [("GET", key)]
