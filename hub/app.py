@@ -23,7 +23,8 @@ from hub.auth import Authority
 from hub.config import Settings
 from hub.events_endpoint import UNAVAILABLE_HEADER, EventsEndpoint
 from hub.gateway import TRUNCATED_HEADER, Gateway
-from hub.mercure.endpoint import MERCURE_PATH, MercureEndpoint
+from hub.mercure.discovery import MERCURE_PATH, metadata_route
+from hub.mercure.endpoint import MercureEndpoint
 from hub.mercure.gateway import MercureGateway
 from hub.mercure.presence import SUBSCRIPTIONS_PATH, Presence, SubscriptionsEndpoint
 from hub.mercure.publish import PublishEndpoint as MercurePublishEndpoint
@@ -72,6 +73,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
             # The collection and everything under it; the endpoint reads the raw path,
             # as a match holds `/` (sent as `%2F`).
             Route(SUBSCRIPTIONS_PATH + "{rest:path}", subscriptions),
+            metadata_route(settings),
             Mount("/", StaticFiles(directory=WEB_DIR, html=True, check_dir=False)),
         ]
     )

@@ -326,7 +326,10 @@ async def test_publishing_needs_a_token_that_covers_every_topic(gateway: Gateway
     hub = gateway(ENV)
     async with httpx.AsyncClient(base_url=hub.url) as http:
         response = await http.post(MERCURE, data={"topic": "t", "data": "x"})
-        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == (
+            f'Bearer resource_metadata="{HUB}.well-known/oauth-protected-resource/.well-known/mercure"'
+        ), "no token: a challenge without an error, naming the hub's metadata"
         response = await http.post(
             MERCURE, data={"topic": "t"}, headers={"Authorization": "Bearer not-a-jwt"}
         )
@@ -345,7 +348,7 @@ async def test_publishing_needs_a_token_that_covers_every_topic(gateway: Gateway
 async def test_subscribers_need_a_token_when_anonymous_access_is_off(gateway: Gateways) -> None:
     hub = gateway({**ENV, "HUB_MERCURE_ANONYMOUS": "off"})
     status, _, headers = await refusal(hub.url, [("match", "t")])
-    assert status == 401 and headers["www-authenticate"] == "Bearer"
+    assert status == 401 and "error" not in headers["www-authenticate"]
     status, _, headers = await refusal(
         hub.url, [("match", "t")], {"Authorization": "Bearer nonsense"}
     )
@@ -353,6 +356,18 @@ async def test_subscribers_need_a_token_when_anonymous_access_is_off(gateway: Ga
     reader = token([{"match": "t"}])
     status, _, _ = await refusal(hub.url, [("match", "t")], {"Authorization": f"Bearer {reader}"})
     assert status == 200
+
+
+async def test_the_hub_serves_its_protected_resource_metadata(gateway: Gateways) -> None:
+    hub = gateway({**ENV, "HUB_JWT_AUDIENCE": "https://hub.example/.well-known/mercure"})
+    async with httpx.AsyncClient(base_url=hub.url) as http:
+        response = await http.get("/.well-known/oauth-protected-resource" + MERCURE)
+    assert response.json() == {
+        "resource": "https://hub.example/.well-known/mercure",
+        "bearer_methods_supported": ["header", "query"],
+        "mercure_cookie": True,
+        "mercure_version": 8,
+    }
 
 
 async def test_a_stream_ends_when_its_token_expires(gateway: Gateways) -> None:

@@ -1,18 +1,14 @@
-"""`/.well-known/mercure`: subscribe with GET, publish with POST; and the hub's metadata."""
+"""`/.well-known/mercure`: subscribe with GET, publish with POST."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from hub.config import Settings
+from hub.mercure.discovery import MERCURE_PATH
 from hub.mercure.publish import PublishEndpoint
 from hub.mercure.subscribe import SubscribeEndpoint
 from hub.request_limits import reply
-
-MERCURE_PATH = "/.well-known/mercure"
 
 
 class MercureEndpoint:
@@ -29,27 +25,3 @@ class MercureEndpoint:
             await response(scope, receive, send)
         else:
             await reply(scope, receive, send, f"use GET or POST for {MERCURE_PATH}", 405)
-
-
-METADATA_PATH = "/.well-known/oauth-protected-resource" + MERCURE_PATH
-MERCURE_VERSION = 8
-"""The revision of the protocol served (draft-dunglas-mercure-08); the older dialect too."""
-
-
-def resource_metadata(settings: Settings) -> dict[str, object]:
-    """The hub's OAuth 2.0 protected resource metadata (RFC 9728), as the spec asks."""
-    return {
-        "resource": settings.jwt_audience or settings.public_url.rstrip("/") + MERCURE_PATH,
-        "bearer_methods_supported": ["header", "query"],
-        "mercure_cookie": True,
-        "mercure_version": MERCURE_VERSION,
-    }
-
-
-def metadata_route(settings: Settings) -> Route:
-    document = resource_metadata(settings)
-
-    async def metadata(request: Request) -> Response:
-        return JSONResponse(document)
-
-    return Route(METADATA_PATH, metadata)

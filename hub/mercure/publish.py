@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from hub.auth import Authority, Forbidden, Grant, Unauthorized, challenge
+from hub.mercure.discovery import metadata_url
 from hub.mercure.gateway import MercureGateway
 from hub.mercure.matchers import WILDCARD, InvalidTopic, check_topic, in_reserved_namespace
 from hub.mercure.record import Update
@@ -35,6 +36,7 @@ class PublishEndpoint:
         self.settings = mercure.settings
         self.authority = authority
         self.slots = slots
+        self._metadata = metadata_url(self.settings)
         self._fixed_token = self.settings.publish_token.encode()
         self._body_limit = body_limit(self.settings)
         origins = {_origin(self.settings.public_url), *self.settings.cors_origins}
@@ -57,7 +59,7 @@ class PublishEndpoint:
             return _text(str(exc), 429)
         except (Unauthorized, Forbidden) as exc:
             status = 401 if isinstance(exc, Unauthorized) else 403
-            return _text(str(exc), status, {"www-authenticate": challenge(exc)})
+            return _text(str(exc), status, {"www-authenticate": challenge(exc, self._metadata)})
         except (RedisError, OSError) as exc:
             return _text(f"redis unavailable: {exc}", 503, {"retry-after": "1"})
         return PlainTextResponse(update_id, media_type="text/plain; charset=utf-8")

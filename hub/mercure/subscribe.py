@@ -21,6 +21,7 @@ from hub.auth import Authority, Forbidden, Grant, Unauthorized, challenge
 from hub.client_connection import Ending
 from hub.events_endpoint import STREAM_HEADERS, UNAVAILABLE_HEADER
 from hub.fanout import Unavailable
+from hub.mercure.discovery import metadata_url
 from hub.mercure.gateway import MercureGateway, Opening
 from hub.mercure.matchers import InvalidMatcher, TopicFilter, subscription_matchers
 from hub.request_limits import ClientSlots, OverLimit, reply
@@ -39,6 +40,7 @@ class SubscribeEndpoint:
         self.settings = mercure.settings
         self.authority = authority
         self.slots = slots
+        self._metadata = metadata_url(self.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -91,7 +93,7 @@ class SubscribeEndpoint:
             return None
         except (Unauthorized, Forbidden) as exc:
             status = 401 if isinstance(exc, Unauthorized) else 403
-            await _refuse(scope, send, str(exc), status, challenge(exc))
+            await _refuse(scope, send, str(exc), status, challenge(exc, self._metadata))
             return None
         except Unavailable as exc:
             headers = [*STREAM_HEADERS, (UNAVAILABLE_HEADER.lower().encode(), b"redis")]
