@@ -17,8 +17,8 @@ from urllib.parse import urlencode
 import httpx
 import jwt
 import pytest
-from processes import Gateway, Gateways
-from sse_client import Listener, Received
+from processes import Gateway, Gateways, RedisServers, wait_until_async
+from sse_client import Listener, Received, ReconnectingListener, connected
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-of-at-least-32-bytes!"
@@ -400,3 +400,61 @@ async def test_the_native_api_is_unchanged_beside_mercure(gateway: Gateways) -> 
     async with httpx.AsyncClient(base_url=hub.url) as http:
         partition = await http.get("/events", params={"topic": "mercure 0"})
         assert partition.status_code == 400, "a partition is no topic a client can name"
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+async def test_a_redis_restart_loses_and_repeats_no_update(
+    gateway: Gateways, private_redis: RedisServers
+) -> None:
+    """Updates acknowledged before, during (refused ones aside) and after a restart of a
+    persistent Redis reach a URL-pattern subscriber once each, in order, and a subscriber
+    that resumes from the first update's ID on another gateway gets the same sequence."""
+    server = private_redis(persistent=True)
+    first, second = gateway(ENV, redis_url=server.url), gateway(ENV, redis_url=server.url)
+    query = [("matchURLPattern", BOOKS + ":id")]
+    client = ReconnectingListener(first.url, [], path=MERCURE, query=query).start()
+    await connected([client])
+    acknowledged: list[tuple[str, str]] = []
+    refused = 0
+
+    async def publish_some(count: int, offset: int) -> None:
+        nonlocal refused
+        async with httpx.AsyncClient(base_url=first.url, timeout=5.0) as http:
+            for n in range(offset, offset + count):
+                response = await http.post(
+                    MERCURE,
+                    data={"topic": f"{BOOKS}{n % 11}", "data": f"u{n}"},
+                    headers={"Authorization": f"Bearer {PUBLISHER}"},
+                )
+                if response.status_code == 200:
+                    acknowledged.append((response.text, f"u{n}"))
+                else:
+                    refused += 1
+                await asyncio.sleep(0.01)
+
+    await publish_some(40, 0)
+    server.kill()
+    await publish_some(5, 40)
+    assert refused == 5, "with Redis down, publishing fails loudly"
+    await asyncio.to_thread(server.start)
+    async with httpx.AsyncClient() as http:
+        for hub in (first, second):
+            await wait_until_async(
+                lambda hub=hub: _ready(http, hub), 20, "readyz after the restart"
+            )
+    await publish_some(40, 45)
+    await wait_until_async(
+        lambda: len(client.events) >= len(acknowledged), 30, "every acknowledged update"
+    )
+    await asyncio.sleep(0.5)
+    assert [(e.id, e.data) for e in client.events] == acknowledged
+    resumed = await subscribed(second.url, query, acknowledged[0][0])
+    events = await received(resumed, len(acknowledged) - 1)
+    assert [(e.id, e.data) for e in events] == acknowledged[1:]
+    await client.close()
+
+
+async def _ready(http: httpx.AsyncClient, hub: Gateway) -> bool:
+    return (await http.get(f"{hub.url}/readyz")).status_code == 200
