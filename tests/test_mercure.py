@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -441,9 +442,7 @@ async def test_a_redis_restart_loses_and_repeats_no_update(
     await asyncio.to_thread(server.start)
     async with httpx.AsyncClient() as http:
         for hub in (first, second):
-            await wait_until_async(
-                lambda hub=hub: _ready(http, hub), 20, "readyz after the restart"
-            )
+            await wait_until_async(partial(_ready, http, hub), 20, "readyz after the restart")
     await publish_some(40, 45)
     await wait_until_async(
         lambda: len(client.events) >= len(acknowledged), 30, "every acknowledged update"
