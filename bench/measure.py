@@ -123,9 +123,12 @@ def publish_plan(s: Scenario, ep: Endpoint) -> dict[str, Any]:
     as uvicorn answers the requests pipelined on one connection one at a time; Nchan, which
     has no batch form, is always published through its /pub, one event per request; the
     Mercure face, which has no Redis path, through POST /.well-known/mercure, one update per
-    request, on as many connections as the native POST /publish."""
+    request, on as many connections as the native POST /publish. No more connections than
+    topics: a topic's events all go over one, and the gateway answers a connection that sends
+    no request within HUB_REQUEST_HEADER_SECONDS (10 s) with 408 and closes it."""
+    conns = min(HTTP_CONNS, s.topics)
     if ep.publish_mode == "mercure":
-        return dict(mode="mercure", port=ep.port, token=ep.publish_token, conns=8, window=32)
+        return dict(mode="mercure", port=ep.port, token=ep.publish_token, conns=conns, window=32)
     if s.http_publish and ep.publish_token:
         if s.publish == "http-batch":
             return dict(
@@ -137,12 +140,14 @@ def publish_plan(s: Scenario, ep: Endpoint) -> dict[str, Any]:
                 batch=HTTP_BATCH,
                 linger_ms=HTTP_BATCH_LINGER_MS,
             )
-        return dict(mode="hub", port=ep.port, token=ep.publish_token, conns=8, window=32)
+        return dict(mode="hub", port=ep.port, token=ep.publish_token, conns=conns, window=32)
     if ep.publish_mode == "nchan":
         return dict(mode="nchan", port=ep.publish_port, conns=4 if s.topics > 1 else 1, window=64)
     return dict(mode="redis", port=ep.publish_port, conns=1, window=512)
 
 
+HTTP_CONNS = 8
+"""Connections of one-event-per-request HTTP publishing (fewer with fewer topics)."""
 HTTP_BATCH = 100
 """Events per `POST /publish` batch at most (fewer when --linger-ms passes first)."""
 HTTP_BATCH_LINGER_MS = 20

@@ -18,9 +18,11 @@ resumes from the stream when it reconnects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from starlette.types import Receive, Send
@@ -187,6 +189,20 @@ class ClientConnection:
         """Queue an event of topic `index` on a connection with a composite cursor."""
         self.positions[index] = sid
         self.push(b"id: " + cursor.encode(self.positions).encode() + b"\n" + body)
+
+    @contextlib.contextmanager
+    def ends_at(self, deadline: float | None) -> Iterator[None]:
+        """While inside, the stream ends (`EXPIRED`) at `deadline`, in seconds since the
+        epoch (a token's `exp`; None: never): a reconnect with that token is refused."""
+        if deadline is None:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        expiry = loop.call_later(max(0.0, deadline - time.time()), self.end, Ending.EXPIRED)
+        try:
+            yield
+        finally:
+            expiry.cancel()
 
     def heartbeat_if_quiet(self) -> None:
         """Queue a heartbeat unless bytes were sent or queued since the last call."""

@@ -8,16 +8,12 @@ published meanwhile is lost, then writes it until it ends.
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from hub import cursor, sse
 from hub.auth import Authority, Forbidden, Grant, Unauthorized
-from hub.client_connection import Ending
 from hub.fanout import Unavailable
 from hub.gateway import TRUNCATED_HEADER, Gateway, Opened
 from hub.publish_request import BadRequest
@@ -73,17 +69,9 @@ class EventsEndpoint:
                 if started is None:
                     return
                 opened, grant = started
-                expiry = None
-                if grant is not None and grant.expires is not None:
-                    # The stream ends when its token does; a reconnect with it is refused.
-                    expiry = asyncio.get_running_loop().call_later(
-                        max(0.0, grant.expires - time.time()), opened.client.end, Ending.EXPIRED
-                    )
-                try:
+                # The stream ends when its token does; a reconnect with it is refused.
+                with opened.client.ends_at(grant.expires if grant else None):
                     await self.gateway.serve(opened, send, receive)
-                finally:
-                    if expiry is not None:
-                        expiry.cancel()
         except OverLimit as exc:
             await reply(scope, receive, send, str(exc), 429)
 

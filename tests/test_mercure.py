@@ -303,6 +303,7 @@ async def test_bad_subscriptions_are_refused_with_400(
         ([("topic", "t"), ("retry", "1.5")], 400),
         ([("topic", "t"), ("retry", "-1")], 400),
         ([("topic", "t"), ("id", "x" * 5000)], 413),
+        ([("topic", "x" * 5000)], 413),
         ([("topic", "t"), ("data", "x" * 2_000_000)], 413),
     ],
 )
@@ -344,6 +345,24 @@ async def test_publishing_needs_a_token_that_covers_every_topic(gateway: Gateway
     await publish(hub.url, BOOKS + "1", "no", bearer=expired, expect=401)
     unsigned = jwt.encode({"mercure": {"publish": ["*"]}}, "another-secret-of-32-bytes-or-more!")
     await publish(hub.url, BOOKS + "1", "no", bearer=unsigned, expect=401)
+
+
+async def test_a_token_in_a_cookie_publishes_only_from_an_allowed_origin(
+    gateway: Gateways,
+) -> None:
+    """A cookie goes along with any site's form: the hub checks where the request came from."""
+    hub = gateway({**ENV, "HUB_CORS_ORIGINS": "https://app.example"})
+    cookies = {"mercureAuthorization": PUBLISHER}
+    async with httpx.AsyncClient(base_url=hub.url, cookies=cookies) as http:
+        for origin, status in (
+            ("https://evil.example", 403),
+            (None, 403),
+            ("https://app.example", 200),
+            (HUB.rstrip("/"), 200),
+        ):
+            headers = {"Origin": origin} if origin else {}
+            response = await http.post(MERCURE, data={"topic": "t"}, headers=headers)
+            assert response.status_code == status, (origin, response.text)
 
 
 async def test_subscribers_need_a_token_when_anonymous_access_is_off(gateway: Gateways) -> None:

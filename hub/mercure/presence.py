@@ -30,7 +30,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote, unquote_to_bytes
@@ -342,14 +342,7 @@ class Presence:
             return  # swept since we looked, or alive again
         key = self._keys.subscriptions(instance)
         [values] = await self._run(key, [("HVALS", key)], idempotent=True)
-        ended = []
-        for value in values:
-            try:
-                document = json.loads(value)
-            except ValueError:
-                continue
-            if isinstance(document, dict) and isinstance(document.get("id"), str):
-                ended.append(_update({**document, "active": False}))
+        ended = [_update({**document, "active": False}) for document in _documents(values)]
         for start in range(0, len(ended), PUBLISH_CHUNK):
             failed = await self._publish(ended[start : start + PUBLISH_CHUNK])
             if failed:
@@ -377,14 +370,9 @@ class Presence:
         )
         found: dict[str, dict[str, Any]] = {}
         for [values] in replies:
-            for value in values:
-                try:
-                    document = json.loads(value)
-                except ValueError:
-                    continue
-                if isinstance(document, dict) and isinstance(document.get("id"), str):
-                    # One `sub` on two connections is one subscription.
-                    found.setdefault(document["id"], document)
+            for document in _documents(values):
+                # One `sub` on two connections is one subscription.
+                found.setdefault(document["id"], document)
         return [found[key] for key in sorted(found)]
 
     async def last_event_id(self) -> str:
@@ -551,3 +539,14 @@ def _without_context(document: dict[str, Any]) -> dict[str, Any]:
 
 def _text(reason: str, status: int, headers: dict[str, str] | None = None) -> Response:
     return Response(reason + "\n", status, headers=headers, media_type="text/plain; charset=utf-8")
+
+
+def _documents(values: list[bytes]) -> Iterator[dict[str, Any]]:
+    """The subscription documents a registry hash holds (anything else in it is skipped)."""
+    for value in values:
+        try:
+            document = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(document, dict) and isinstance(document.get("id"), str):
+            yield document

@@ -10,15 +10,11 @@ read private updates; without one it gets public updates only, unless
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from hub import sse
 from hub.auth import Authority, Forbidden, Grant, Unauthorized, challenge
-from hub.client_connection import Ending
 from hub.events_endpoint import STREAM_HEADERS, UNAVAILABLE_HEADER
 from hub.fanout import Unavailable
 from hub.mercure.discovery import metadata_url
@@ -49,19 +45,9 @@ class SubscribeEndpoint:
                 if started is None:
                     return
                 opening, grant = started
-                expiry = None
-                if grant is not None and grant.expires is not None:
-                    # The spec: the connection closes no later than the token's `exp`.
-                    expiry = asyncio.get_running_loop().call_later(
-                        max(0.0, grant.expires - time.time()),
-                        opening.stream.client.end,
-                        Ending.EXPIRED,
-                    )
-                try:
+                # The spec: the connection closes no later than the token's `exp`.
+                with opening.stream.client.ends_at(grant.expires if grant else None):
                     await self.mercure.serve(opening, send, receive)
-                finally:
-                    if expiry is not None:
-                        expiry.cancel()
         except OverLimit as exc:
             await reply(scope, receive, send, str(exc), 429)
 
