@@ -363,6 +363,11 @@ class Fanout:
             self.counters.gaps_filled += 1
             topic.backlog = [event]
             self._catch_up(topic)
+        elif topic.taps and not (topic.simple or topic.composite or topic.joining):
+            # Only tapped (one of Mercure's partitions): its listeners frame what they send.
+            topic.position = event.id
+            for listener in topic.taps:
+                listener(event)
         else:
             self._deliver(topic, Framed.of(event))
 

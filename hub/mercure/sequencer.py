@@ -17,7 +17,8 @@ holds it. An update the server writes after that `TIME` gets a larger
 millisecond, so once the partition has delivered up to that tail, every update
 of it before that millisecond is here. Each server's clock counts only for its
 own partitions: clocks that disagree delay updates, they never reorder them.
-A barrier is sent while updates wait, one at a time, a millisecond apart.
+A barrier is sent while updates wait, one at a time, two milliseconds apart, to
+the partitions that hold back the first update waiting.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ from hub.topics import Keys
 
 log = logging.getLogger("hub.mercure.sequencer")
 
-BARRIER_SPACING = 0.001
-"""Seconds between barriers while updates wait: a server's clock must tick past them."""
+BARRIER_SPACING = 0.002
+"""Seconds between barriers while updates wait: a server's clock must tick past them, and
+under a steady load the partitions' own updates release most of them in that time."""
 
 
 class Sequencer:
@@ -194,6 +196,18 @@ class Sequencer:
                 BARRIER_SPACING, self._send_barrier
             )
 
+    def _lagging(self) -> list[int]:
+        """The partitions that hold back the first update waiting: the barrier asks those."""
+        if not self._held:
+            return []
+        ms, seq, partition = self._held[0][0]
+        sid = (ms, seq)
+        return [
+            other
+            for other in range(self.partitions)
+            if other != partition and self._watermarks[other] < ms and self._delivered[other] < sid
+        ]
+
     def _send_barrier(self) -> None:
         self._barrier_due = None
         self._barrier = asyncio.create_task(self._barrier_round())
@@ -203,7 +217,9 @@ class Sequencer:
         try:
             while True:
                 try:
-                    await self._run_barrier()
+                    lagging = self._lagging()
+                    if lagging:
+                        await self._run_barrier(lagging)
                     return
                 except (RedisError, OSError) as exc:
                     log.warning("Mercure barrier failed, updates wait: %s", exc)
@@ -213,10 +229,11 @@ class Sequencer:
             self._barrier = None
             self._release()
 
-    async def _run_barrier(self) -> list[int]:
-        """`TIME` and the tails of the partitions, per server; each server's millisecond."""
+    async def _run_barrier(self, partitions: list[int] | None = None) -> list[int]:
+        """`TIME` and the tails of the partitions (all of them by default), per server; each
+        server's millisecond."""
         groups: dict[str, list[int]] = {}
-        for partition in range(self.partitions):
+        for partition in range(self.partitions) if partitions is None else partitions:
             key = self._keys.stream(partition_topic(partition))
             try:
                 owner = self._primaries.topology.owner(key).name
