@@ -62,7 +62,11 @@ class Metrics:
         self.registry.register(self._delay)
 
     def observe_delivery(self, event: Event) -> None:
-        self._delay.observe(max(0.0, time.time() - event.id[0] / 1000))
+        self.observe_delay(event.id[0])
+
+    def observe_delay(self, published_ms: int) -> None:
+        """An event published at `published_ms` (its ID's milliseconds) goes out now."""
+        self._delay.observe(max(0.0, time.time() - published_ms / 1000))
 
     def watch(self, figures: Callable[[], Figures]) -> None:
         self.registry.register(_GatewayCollector(figures))

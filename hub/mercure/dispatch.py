@@ -14,12 +14,13 @@ sequencer had released, and it goes live where the two meet.
 from __future__ import annotations
 
 import heapq
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from hub.auth import Grant
 from hub.client_connection import ClientConnection
 from hub.events import ORIGIN, StreamId
+from hub.fanout import Counters
 from hub.history import History
 from hub.mercure.matchers import TopicFilter
 from hub.mercure.record import (
@@ -62,11 +63,15 @@ class MercureStream:
 
 
 class Dispatcher:
-    def __init__(self) -> None:
+    """Sends each released update to the live streams that want it; counts in the
+    gateway's figures (`counters`, and the publish-to-send delay, `observe_delay`)."""
+
+    def __init__(self, counters: Counters, observe_delay: Callable[[int], None]) -> None:
         self._exact: dict[str, set[MercureStream]] = {}
         self._broad: set[MercureStream] = set()
         self._joining: set[MercureStream] = set()
-        self.deliveries = 0
+        self._counters = counters
+        self._observe_delay = observe_delay
 
     def join(self, stream: MercureStream) -> None:
         """Keep what is released for `stream` until it goes live."""
@@ -131,7 +136,9 @@ class Dispatcher:
             else:
                 pending.clear()
                 stream.overflowed = True
-        self.deliveries += sent
+        if sent:
+            self._counters.deliveries += sent
+            self._observe_delay(stored.position[0])
 
 
 @dataclass

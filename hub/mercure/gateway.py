@@ -60,7 +60,7 @@ class MercureGateway:
         self.partitions = gateway.settings.mercure_partitions
         self.writer = writer
         self.keys = Keys(self.settings.key_prefix)
-        self.dispatcher = Dispatcher()
+        self.dispatcher = Dispatcher(gateway.fanout.counters, gateway.metrics.observe_delay)
         self.sequencer = Sequencer(
             self.partitions,
             gateway.fanout,
