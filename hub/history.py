@@ -105,8 +105,16 @@ class History:
         task.add_done_callback(self._running.discard)
 
     async def contains(self, topic: str, sid: StreamId) -> bool:
+        return await self.entry(topic, sid) is not None
+
+    async def entry(self, topic: str, sid: StreamId) -> Event | None:
+        """The event `sid` of the topic, if its stream still holds it."""
         text = format_id(sid)
-        return bool(await self._read(topic, "XRANGE", text, text, "COUNT", 1))
+        found = cast(Entries, await self._read(topic, "XRANGE", text, text, "COUNT", 1))
+        if not found:
+            return None
+        [[raw_id, flat]] = found
+        return Event.from_entry(topic, raw_id, dict(zip(flat[0::2], flat[1::2], strict=True)))
 
     async def page_after(self, topic: str, after: StreamId, not_before: int = 0) -> Page:
         """Up to `page_size` events (and about `page_bytes`) after `after`."""

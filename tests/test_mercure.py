@@ -192,7 +192,7 @@ async def test_private_updates_reach_only_tokens_that_cover_them_live_and_on_rep
         hub.url, query, request_headers={"Authorization": f"Bearer {reader}"}
     )
     start = await publish(hub.url, BOOKS + "0", "public 0")
-    await publish(hub.url, BOOKS + "1", "private 1", private="on")
+    private_one = await publish(hub.url, BOOKS + "1", "private 1", private="on")
     await publish(hub.url, BOOKS + "2", "private 2", private="")
     await publish(hub.url, BOOKS + "3", "public 3")
     assert datas(await received(anonymous, 2)) == ["public 0", "public 3"]
@@ -205,6 +205,12 @@ async def test_private_updates_reach_only_tokens_that_cover_them_live_and_on_rep
     assert datas(await received(replayed, 2)) == ["private 1", "public 3"]
     anonymous_replay = await subscribed(other.url, query, start)
     assert datas(await received(anonymous_replay, 1)) == ["public 3"]
+    # Resuming from a private update: the response names it only to those who may read it.
+    for bearer, echoed in ((None, "earliest"), (reader, private_one)):
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        resumed = await subscribed(other.url, query, private_one, request_headers=headers)
+        assert resumed.headers is not None and resumed.headers["last-event-id"] == echoed
+        assert datas(await received(resumed, 1)) == ["public 3"]
 
 
 async def test_a_token_is_read_from_the_header_the_query_or_the_cookie(gateway: Gateways) -> None:

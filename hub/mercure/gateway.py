@@ -24,7 +24,9 @@ from hub.mercure.matchers import TopicFilter
 from hub.mercure.record import (
     BEFORE_ALL,
     EARLIEST,
+    InvalidUpdate,
     Position,
+    Stored,
     Update,
     hub_id,
     parse_hub_id,
@@ -97,12 +99,12 @@ class MercureGateway:
 
     # -- subscribing ----------------------------------------------------------
 
-    async def locate(self, update_id: str) -> Position | None:
-        """Where an update is in the order: from a hub-made ID, or its publisher's own."""
+    async def locate(self, update_id: str) -> Position | Stored | None:
+        """The update an ID names (a hub-made one, or its publisher's own), or the mark it
+        names (a position between updates); None when the history no longer holds it."""
         found = parse_hub_id(update_id, self.partitions)
         if found is not None:
-            is_mark = found[2] == self.partitions
-            return found if is_mark or await self._exists(found) else None
+            return found if found[2] == self.partitions else await self._stored(found)
         keys = [
             alias_key(self.keys.stream(partition_topic(p)), update_id)
             for p in range(self.partitions)
@@ -112,13 +114,17 @@ class MercureGateway:
         )
         for partition, [reply] in enumerate(replies):
             if reply is not None:
-                sid = parse_id(reply)
-                pos = position(partition, sid)
-                return pos if await self._exists(pos) else None
+                return await self._stored(position(partition, parse_id(reply)))
         return None
 
-    async def _exists(self, pos: Position) -> bool:
-        return await self.gateway.history.contains(partition_topic(pos[2]), (pos[0], pos[1]))
+    async def _stored(self, pos: Position) -> Stored | None:
+        event = await self.gateway.history.entry(partition_topic(pos[2]), (pos[0], pos[1]))
+        if event is None or event.malformed:
+            return None
+        try:
+            return Stored.read(pos, event.data)
+        except InvalidUpdate:
+            return None
 
     async def open(
         self, selects: TopicFilter, grant: Grant | None, last_event_id: str | None
@@ -151,6 +157,12 @@ class MercureGateway:
             self.dispatcher.go_live(stream)
             stream.last = self.sequencer.released
             return self._opened(stream, None, EARLIEST)
+        if isinstance(found, Stored):
+            # The spec: the echoed ID never names an update the subscriber may not read.
+            visible = not found.update.private or (
+                readable is not None and readable.matches_any(found.update.topics)
+            )
+            return self._opened(stream, found.position, last_event_id if visible else EARLIEST)
         return self._opened(stream, found, last_event_id)
 
     def _opened(self, stream: MercureStream, start: Position | None, echoed: str | None) -> Opening:
