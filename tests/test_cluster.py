@@ -13,11 +13,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 from failover import WaitingPublisher, listen_everywhere
 from processes import ClusterProcesses, Gateways, RedisServer, wait_until
+from redis.crc import key_slot
 from sse_client import Listener, ReconnectingListener, connected, metric, publisher
 
 from hub.acl import gateway_rules, publisher_rules, setuser
+from hub.mercure.record import partition_topic
 from hub.topics import Keys
 
 pytestmark = pytest.mark.anyio
@@ -281,3 +284,65 @@ async def test_least_privilege_users_work_on_a_cluster(
         await client.wait_for(1)
         assert client.data == ["live"]
         await client.close()
+
+
+async def test_mercure_updates_spread_over_the_primaries_and_resume_exactly(
+    cluster: ClusterProcesses, gateway: Gateways, key_prefix: str
+) -> None:
+    """Mercure's partitions live on every primary; one order still holds across them, and
+    an IRI with braces is a native topic whose stream and channel share a slot."""
+    env = {"HUB_PUBLISH_TOKEN": "cluster-token", "HUB_MERCURE_SUBSCRIPTIONS": "off"}
+    first, second = gateway(env, redis_url=cluster.url), gateway(env, redis_url=cluster.url)
+    keys = Keys(key_prefix)
+    slots = [key_slot(keys.stream(partition_topic(p)).encode()) for p in range(16)]
+    owners = set()
+    for primary in cluster.servers:
+        with primary.client() as client:
+            if any(_owns(client, slot) for slot in slots):
+                owners.add(primary.port)
+    assert len(owners) == 3, "the partitions are spread over every primary"
+
+    query = [("matchURLPattern", "https://example.com/books/:id")]
+    listener = Listener(first.url, [], path="/.well-known/mercure", query=query).start()
+    await listener.wait_connected()
+    acknowledged = []
+    async with httpx.AsyncClient(base_url=first.url) as http:
+        for n in range(60):
+            response = await http.post(
+                "/.well-known/mercure",
+                data={"topic": f"https://example.com/books/{n % 13}", "data": f"u{n}"},
+                headers={"Authorization": "Bearer cluster-token"},
+            )
+            assert response.status_code == 200, response.text
+            acknowledged.append((response.text, f"u{n}"))
+    await listener.wait_for(60, any_type=True)
+    assert [(e.id, e.data) for e in listener.events] == acknowledged
+    resumed = Listener(
+        second.url, [], acknowledged[29][0], path="/.well-known/mercure", query=query
+    ).start()
+    await resumed.wait_for(30, any_type=True)
+    await asyncio.sleep(0.3)
+    assert [(e.id, e.data) for e in resumed.events] == acknowledged[30:]
+
+    braces = "urn:example:{weird}%7D"
+    native = Listener(first.url, [braces]).start()
+    await native.wait_connected()
+    async with publisher(cluster.url, key_prefix) as pub:
+        await pub.publish(braces, "native IRI")
+    await native.wait_for(1)
+    assert native.data == ["native IRI"]
+    for client in (listener, resumed, native):
+        await client.close()
+
+
+def _owns(client: redis.Redis, slot: int) -> bool:
+    """Whether the node `client` talks to serves `slot` as a primary."""
+    myself = _text(client.cluster("MYID"))
+    for start, end, primary, *_ in client.cluster("SLOTS"):
+        if start <= slot <= end:
+            return _text(primary[2]) == myself
+    return False
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,11 +1,15 @@
-// The page: clients added and removed, the publish form and the summary.
+// The page: clients (native or Mercure) added and removed, the publish form,
+// the summary and the Mercure presence view.
 // Query parameters: ?topic=NAME (default topic), ?clients=N (how many to start
 // with, 3 by default), ?types=a,b (named event types to listen for).
 
 import { HubClient } from "./client.js";
 import { parseId } from "./cursor.js";
 import { FrameScheduler, setText } from "./dom.js";
+import { MercureClient } from "./mercure-client.js";
+import { iris, matcherProblem } from "./mercure.js";
 import { ClientPanel } from "./panel.js";
+import { PresenceView } from "./presence.js";
 import { PublishForm, TOPIC } from "./publish.js";
 import { Summary, TopicLog } from "./summary.js";
 
@@ -15,6 +19,8 @@ const DEFAULT_TOPIC = "demo";
 const DEFAULT_CLIENTS = 3;
 // Browsers' limit of HTTP/1.1 connections to one host; each EventSource holds one.
 const BROWSER_CONNECTIONS = 6;
+// IDs of the private updates this page published, remembered for marking them in panels.
+const PRIVATE_IDS = 1_000;
 
 function words(text) {
   return text.split(/[\s,]+/).filter(Boolean);
@@ -24,6 +30,7 @@ class App {
   #clients = [];
   #panels = new Map();
   #nextId = 1;
+  #privateIds = new Set();
 
   constructor(doc, params) {
     this.doc = doc;
@@ -40,14 +47,26 @@ class App {
     });
     doc.querySelector("#summary").append(this.summary.element);
     this.publisher = new PublishForm(doc.querySelector("#publish-form"), {
-      onPublished: (topic, id) => this.#known(topic, parseId(id)),
+      onPublished: (topic, id, how) => (how.mercure ? this.#published(id, how) : this.#known(topic, parseId(id))),
       onType: (type) => this.listen(type),
+    });
+    this.presence = new PresenceView(doc.querySelector("[data-testid=presence]"), {
+      onChange: () => {
+        this.scheduler.mark(this.presence);
+        this.#counted();
+      },
     });
     this.addForm = doc.querySelector("#add-client");
     this.addError = doc.querySelector("[data-testid=add-error]");
     this.addForm.addEventListener("submit", (event) => {
       event.preventDefault();
       this.#addFromForm();
+    });
+    this.mercureForm = doc.querySelector("#add-mercure");
+    this.mercureError = doc.querySelector("[data-testid=mercure-error]");
+    this.mercureForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.#addMercureFromForm();
     });
     doc.querySelector("[data-testid=disconnect-all]").addEventListener("click", () => this.#clients.forEach((c) => c.disconnect()));
     doc.querySelector("[data-testid=resume-all]").addEventListener("click", () => this.#clients.forEach((c) => c.resume()));
@@ -68,24 +87,47 @@ class App {
     this.scheduler.mark(this.summary);
   }
 
+  /** A Mercure update went out; a private one is marked in the panels that show it. */
+  #published(id, how) {
+    this.scheduler.mark(this.summary);
+    if (!how.private || !id) return;
+    this.#privateIds.add(id);
+    if (this.#privateIds.size > PRIVATE_IDS) this.#privateIds.delete(this.#privateIds.values().next().value);
+    // The update may have reached a panel before the hub's answer reached the form.
+    for (const panel of this.#panels.values()) panel.markPrivate(id);
+  }
+
   listen(type) {
     this.types.add(type);
     for (const client of this.#clients) client.listen(type);
   }
 
   addClient(topics) {
-    const client = new HubClient({
+    return this.#add((onChange) => new HubClient({
       id: this.#nextId++,
       topics,
       types: this.types,
-      onChange: () => {
-        this.scheduler.mark(panel);
-        this.scheduler.mark(this.summary);
-      },
+      onChange,
       onEvent: (topic, id) => this.log.add(topic, id),
       newestId: (topic) => this.log.newest(topic),
+    }));
+  }
+
+  /** exact, patterns: the matchers; token: "" for an anonymous subscriber. */
+  addMercureClient({ exact, patterns, token }) {
+    return this.#add((onChange) => new MercureClient({ id: this.#nextId++, exact, patterns, token, types: this.types, onChange }));
+  }
+
+  #add(make) {
+    let panel = null;
+    const client = make(() => {
+      if (panel) this.scheduler.mark(panel);
+      this.scheduler.mark(this.summary);
     });
-    const panel = new ClientPanel(client, { onRemove: () => this.removeClient(client) });
+    panel = new ClientPanel(client, {
+      onRemove: () => this.removeClient(client),
+      isPrivate: (id) => this.#privateIds.has(id),
+    });
     this.#clients.push(client);
     this.#panels.set(client, panel);
     this.container.append(panel.element);
@@ -105,7 +147,8 @@ class App {
   #counted() {
     const n = this.#clients.length;
     setText(this.clientCount, `${n} client${n === 1 ? "" : "s"}`);
-    this.connectionNote.hidden = n <= BROWSER_CONNECTIONS - 1 || location.protocol !== "http:";
+    const streams = n + (this.presence?.connected ? 1 : 0);
+    this.connectionNote.hidden = streams <= BROWSER_CONNECTIONS - 1 || location.protocol !== "http:";
     this.scheduler.mark(this.summary);
   }
 
@@ -121,6 +164,20 @@ class App {
     if (error) return;
     for (const type of words(fields.types.value)) this.listen(type);
     this.addClient(topics);
+  }
+
+  #addMercureFromForm() {
+    const fields = this.mercureForm.elements;
+    const exact = iris(fields.exact.value);
+    const patterns = iris(fields.patterns.value);
+    const problem = [...exact, ...patterns].map(matcherProblem).find(Boolean);
+    let error = "";
+    if (exact.length + patterns.length === 0) error = "Type at least one exact topic or URL pattern (* for every topic).";
+    else if (problem) error = problem;
+    else if (this.#clients.length >= MAX_CLIENTS) error = `At most ${MAX_CLIENTS} clients.`;
+    setText(this.mercureError, error);
+    if (error) return;
+    this.addMercureClient({ exact, patterns, token: fields.token.value.trim() });
   }
 }
 

@@ -1,4 +1,6 @@
 // One subscriber: its own EventSource, its counters and the events not yet shown.
+// This is the hub's native API; mercure-client.js changes only what differs
+// for a Mercure subscriber (its URL, and that its IDs name no topic).
 
 import { canonicalTopics, compareIds, decodeCursor } from "./cursor.js";
 import { describeData } from "./eventdata.js";
@@ -49,6 +51,11 @@ export class HubClient {
     this.#onChange = onChange;
     this.#onEvent = onEvent;
     this.#newestId = newestId;
+    /** The type of the hub's stream-reset notices; null where there are none. */
+    this.mode = "native";
+    this.resetType = RESET_EVENT_TYPE;
+    /** Whether the summary can tell how far behind the client is (native IDs are positions). */
+    this.tracksLag = true;
     this.state = "closed";
     this.note = "";
     this.#clear();
@@ -64,6 +71,11 @@ export class HubClient {
     this.cleared = true;
     this.warnings = [];
     this.opened = 0;
+  }
+
+  /** What the client subscribes to, as `[{label, values}]` for its panel. */
+  scope() {
+    return [{ label: this.topics.length > 1 ? "topics" : "topic", values: this.topics }];
   }
 
   url(cursor) {
@@ -95,7 +107,7 @@ export class HubClient {
       }
     });
     // A Set: a second listener for a type would hand each of its events over twice.
-    for (const type of new Set(["message", RESET_EVENT_TYPE, ...this.types])) this.#listen(source, type);
+    for (const type of new Set(["message", this.resetType, ...this.types])) if (type) this.#listen(source, type);
   }
 
   disconnect() {
@@ -117,7 +129,7 @@ export class HubClient {
 
   /** Also receive events of this type (EventSource hands named types only to their listeners). */
   listen(type) {
-    if (!type || type === "message" || type === RESET_EVENT_TYPE || this.types.has(type)) return;
+    if (!type || type === "message" || type === this.resetType || this.types.has(type)) return;
     this.types.add(type);
     if (this.#source) this.#listen(this.#source, type);
   }
@@ -148,7 +160,7 @@ export class HubClient {
   #listen(source, type) {
     source.addEventListener(type, (event) => {
       if (source !== this.#source) return;
-      if (type === RESET_EVENT_TYPE) this.#reset(event);
+      if (type === this.resetType) this.#reset(event);
       else this.#receive(type, event);
       this.#onChange();
     });
@@ -160,7 +172,7 @@ export class HubClient {
   }
 
   #receive(type, event) {
-    const where = this.#locate(event.lastEventId);
+    const where = this.locate(event.lastEventId);
     const data = describeData(event.data);
     const flag = this.check.observe({ topic: where.topic, redelivered: where.redelivered, seq: data.seq, run: data.run });
     this.count += 1;
@@ -179,9 +191,10 @@ export class HubClient {
 
   /**
    * Which topic an event belongs to, from how its cursor moved, and whether
-   * it is one this client had already seen (its stream ID is not newer).
+   * it is one this client had already seen (its stream ID is not newer):
+   * `{topic, id, redelivered}`, topic and id null when the cursor does not tell.
    */
-  #locate(cursor) {
+  locate(cursor) {
     const positions = decodeCursor(cursor, this.topics.length);
     if (!positions) return { topic: this.topics.length === 1 ? this.topics[0] : null, id: null, redelivered: false };
     const advanced = [];

@@ -1,4 +1,4 @@
-// The panel that shows one client: state, counters, warnings and its latest events.
+// The panel that shows one client, native or Mercure: state, counters, warnings and its latest events.
 
 import { SHOWN_EVENTS } from "./client.js";
 import { formatBytes } from "./eventdata.js";
@@ -44,7 +44,27 @@ function dataBody(data, id) {
   return h("pre", { class: `ev-data ev-${data.kind}`, text: clip(text) });
 }
 
-function eventItem(record, showTopic) {
+// The page knows an update is private only when its own form sent it so: updates
+// from elsewhere carry no mark, private or not.
+function privateMark() {
+  return h("span", { class: "flag flag-private", "data-testid": "private", title: "sent private by this page's publish form", text: "private" });
+}
+
+function scopeLine(client) {
+  const parts = [];
+  for (const { label, values } of client.scope()) parts.push(`${parts.length ? " " : ""}${label} `, ...values.map((v) => h("code", { text: v })));
+  return h("p", { class: "topics", "data-testid": "topics" }, ...parts);
+}
+
+function accessLine(client) {
+  if (client.mode !== "mercure") return null;
+  const text = client.token
+    ? "with a token (in the URL): public updates and the private ones it covers"
+    : "anonymous: public updates only";
+  return h("p", { class: "access muted", "data-testid": "access", text });
+}
+
+function eventItem(record, showTopic, isPrivate) {
   if (record.kind === "reset") {
     const { warning } = record;
     return h(
@@ -71,6 +91,7 @@ function eventItem(record, showTopic) {
       showTopic && record.topic ? h("span", { class: "ev-topic", text: record.topic }) : null,
       data.seq !== null ? h("span", { class: "ev-seq", text: `#${data.seq}` }) : null,
       flagLabel(flag),
+      isPrivate(record.id) ? privateMark() : null,
       h("time", { text: clock(record.at) }),
     ),
     dataBody(data, record.id),
@@ -83,8 +104,10 @@ function stat(label, testid) {
 }
 
 export class ClientPanel {
-  constructor(client, { onRemove }) {
+  /** isPrivate(id): whether this page published the update with that ID as private. */
+  constructor(client, { onRemove, isPrivate = () => false }) {
     this.client = client;
+    this.isPrivate = isPrivate;
     this.count = stat("Received", "count");
     this.gaps = stat("Gaps", "gaps");
     this.dupes = stat("Duplicates", "dupes");
@@ -101,7 +124,7 @@ export class ClientPanel {
     };
     this.element = h(
       "article",
-      { class: "panel card", "data-testid": "client-panel", "data-client": client.id, "aria-label": client.name },
+      { class: "panel card", "data-testid": "client-panel", "data-client": client.id, "data-mode": client.mode, "aria-label": client.name },
       h(
         "header",
         { class: "panel-head" },
@@ -109,7 +132,8 @@ export class ClientPanel {
         this.state,
         h("button", { type: "button", class: "remove", "data-testid": "remove", "aria-label": `Remove ${client.name}`, title: "Remove", onclick: onRemove, text: "✕" }),
       ),
-      h("p", { class: "topics", "data-testid": "topics" }, client.topics.length > 1 ? "topics " : "topic ", ...client.topics.map((t) => h("code", { text: t }))),
+      scopeLine(client),
+      accessLine(client),
       h(
         "dl",
         { class: "stats" },
@@ -170,6 +194,13 @@ export class ClientPanel {
     );
   }
 
+  /** The page's publish form was told `id` is private: mark it if it was shown first. */
+  markPrivate(id) {
+    for (const item of this.list.children) {
+      if (item.dataset.id === id && !item.querySelector("[data-testid=private]")) item.querySelector("time").before(privateMark());
+    }
+  }
+
   #renderEvents() {
     if (this.client.cleared) {
       this.list.replaceChildren();
@@ -179,7 +210,7 @@ export class ClientPanel {
     if (pending.length === 0) return;
     const showTopic = this.client.topics.length > 1;
     const fragment = document.createDocumentFragment();
-    for (let i = pending.length - 1; i >= 0; i--) fragment.append(eventItem(pending[i], showTopic));
+    for (let i = pending.length - 1; i >= 0; i--) fragment.append(eventItem(pending[i], showTopic, this.isPrivate));
     if (pending.length >= SHOWN_EVENTS) this.list.replaceChildren(fragment);
     else {
       this.list.prepend(fragment);

@@ -1,7 +1,9 @@
-// The publish form: one event, a flood of numbered events, or a file, via POST /publish.
+// The publish form: one event, a flood of numbered events, or a file, via the
+// hub's native POST /publish or, in Mercure mode, POST /.well-known/mercure.
 
 import { RESET_EVENT_TYPE } from "./client.js";
 import { binaryDataUrl, formatBytes } from "./eventdata.js";
+import { MERCURE_PATH, idProblem, iris, topicProblem, typeProblem, updateBody } from "./mercure.js";
 
 // The grammars of hub/topics.py and hub/events.py (tests/test_web_protocol.py keeps them in step).
 // 1-1024 characters, no spaces or control characters (hub/topics.py): IRIs are topics.
@@ -21,12 +23,19 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-function explain(status, reason) {
-  const hints = {
+const HINTS = {
+  native: {
     401: "type the hub's publish token, or a JWT that may publish",
     403: "this token may not publish on that topic",
     404: "publishing is off on this hub (it has no publish token configured)",
-  };
+  },
+  mercure: {
+    401: "type the hub's publish token, or a JWT whose mercure claim may publish",
+    403: "this token may not publish on one of these topics",
+  },
+};
+
+function explain(status, reason, hints) {
   const hint = hints[status] ? ` (${hints[status]})` : "";
   return `HTTP ${status}${reason ? `: ${reason}` : ""}${hint}`;
 }
@@ -40,23 +49,37 @@ export function eventTypeProblem(type) {
   return "";
 }
 
-/** POST /publish; resolves to the new event's ID. */
-export async function publish({ topic, data, type, token }) {
-  const headers = { "Content-Type": "application/json" };
+/** POSTs to the hub; resolves to the answer, or throws a PublishError saying why not. */
+async function post(path, { token, contentType, body, hints }) {
+  const headers = { "Content-Type": contentType };
   if (token) headers.Authorization = `Bearer ${token}`;
-  const body = type ? { topic, data, type } : { topic, data };
   let response;
   try {
-    response = await fetch("publish", { method: "POST", headers, body: JSON.stringify(body) });
+    response = await fetch(path, { method: "POST", headers, body });
   } catch {
     throw new PublishError("the hub cannot be reached");
   }
   if (!response.ok) {
     const reason = (await response.text()).trim().slice(0, REASON_CHARS);
-    throw new PublishError(explain(response.status, reason));
+    throw new PublishError(explain(response.status, reason, hints));
   }
+  return response;
+}
+
+/** POST /publish; resolves to the new event's ID. */
+export async function publish({ topic, data, type, token }) {
+  const body = JSON.stringify(type ? { topic, data, type } : { topic, data });
+  const response = await post("publish", { token, contentType: "application/json", body, hints: HINTS.native });
   const answer = await response.json();
   return String(answer.id);
+}
+
+/** POST /.well-known/mercure, form-encoded; resolves to the update's ID (the answer's text). */
+export async function publishMercure({ topics, data, type, id, private: isPrivate, token }) {
+  const body = updateBody({ topics, data, type, id, private: isPrivate });
+  const contentType = "application/x-www-form-urlencoded";
+  const response = await post(MERCURE_PATH, { token, contentType, body: body.toString(), hints: HINTS.mercure });
+  return (await response.text()).trim();
 }
 
 /** The data of the i-th event of a flood: JSON carrying `seq` (and `run`, which tells floods apart). */
@@ -77,7 +100,10 @@ export class PublishForm {
   #stopping = false;
   #running = false;
 
-  /** onPublished(topic, id): an event went out. onType(type): clients should listen for it. */
+  /**
+   * onPublished(topic, id, {mercure, private}): an event went out (`topic` is
+   * the first of a Mercure update's). onType(type): clients should listen for it.
+   */
   constructor(form, { onPublished, onType }) {
     this.form = form;
     this.fields = form.elements;
@@ -89,6 +115,8 @@ export class PublishForm {
     this.sent = 0;
     this.fields.token.value = sessionStorage.getItem(TOKEN_KEY) ?? "";
     this.fields.token.addEventListener("change", () => sessionStorage.setItem(TOKEN_KEY, this.fields.token.value));
+    for (const radio of form.querySelectorAll("input[name=mode]")) radio.addEventListener("change", () => this.#showMode());
+    this.#showMode();
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       this.#run(() => this.#flood());
@@ -104,14 +132,44 @@ export class PublishForm {
     this.status.dataset.kind = kind;
   }
 
+  get mercure() {
+    return this.fields.mode?.value === "mercure";
+  }
+
+  /** Shows the fields of the chosen API only. */
+  #showMode() {
+    this.form.dataset.mode = this.mercure ? "mercure" : "native";
+    for (const element of this.form.querySelectorAll("[data-only]")) element.hidden = element.dataset.only !== this.form.dataset.mode;
+  }
+
   #common() {
-    const topic = this.fields.topic.value.trim();
     const type = this.fields.type.value.trim();
+    const token = this.fields.token.value.trim();
+    if (this.mercure) return this.#mercureCommon(type, token);
+    const topic = this.fields.topic.value.trim();
     if (!TOPIC.test(topic)) throw new PublishError("the topic must be 1-1024 characters, no spaces or control characters");
     const problem = eventTypeProblem(type);
     if (problem) throw new PublishError(problem);
     if (type) this.onType(type);
-    return { topic, type, token: this.fields.token.value.trim() };
+    return { topic, type, token, send: publish };
+  }
+
+  #mercureCommon(type, token) {
+    const topics = iris(this.fields.topic.value);
+    if (topics.length === 0) throw new PublishError("name the update's topic");
+    const id = this.fields.id.value.trim();
+    const problem = topics.map(topicProblem).find(Boolean) || typeProblem(type) || idProblem(id);
+    if (problem) throw new PublishError(problem);
+    if (type) this.onType(type);
+    const isPrivate = this.fields.private.checked;
+    return {
+      topic: topics.join(" "),
+      type,
+      token,
+      mercure: true,
+      private: isPrivate,
+      send: ({ data }) => publishMercure({ topics, data, type, id, private: isPrivate, token }),
+    };
   }
 
   async #run(job) {
@@ -133,9 +191,9 @@ export class PublishForm {
     }
   }
 
-  #sent(topic, id) {
+  #sent(common, id) {
     this.sent += 1;
-    this.onPublished(topic, id);
+    this.onPublished(common.topic, id, { mercure: Boolean(common.mercure), private: Boolean(common.private) });
   }
 
   async #flood() {
@@ -144,6 +202,7 @@ export class PublishForm {
     const rate = Number(this.fields.rate.value || 0);
     if (!Number.isInteger(count) || count < 1 || count > MAX_COUNT) throw new PublishError(`the count must be a whole number from 1 to ${MAX_COUNT}`);
     if (!(rate >= 0)) throw new PublishError("the rate must be 0 (as fast as possible) or more events per second");
+    if (common.mercure && count > 1 && this.fields.id.value.trim()) throw new PublishError("an own ID names one update: leave it empty to send several");
     const text = this.fields.data.value;
     const run = Math.random().toString(36).slice(2, 8);
     const started = performance.now();
@@ -154,12 +213,12 @@ export class PublishForm {
     for (let seq = 1; seq <= count && !this.#stopping; seq++) {
       const data = count > 1 ? floodData(text, seq, run) : text;
       try {
-        id = await publish({ ...common, data });
+        id = await common.send({ ...common, data });
       } catch (error) {
         throw new PublishError(`${done ? `stopped after ${done} events: ` : ""}${error.message}`);
       }
       done += 1;
-      this.#sent(common.topic, id);
+      this.#sent(common, id);
       const now = performance.now();
       if (now - shown > STATUS_EVERY_MS) {
         shown = now;
@@ -173,7 +232,8 @@ export class PublishForm {
     const seconds = (performance.now() - started) / 1000;
     const pace = done > 1 ? ` in ${seconds.toFixed(1)} s (${Math.round(done / seconds)}/s)` : "";
     const verb = done < count ? `Stopped after ${done} of ${count}` : `Sent ${done}`;
-    this.#say(`${verb} event${done === 1 ? "" : "s"} to ${common.topic}${pace}; last ID ${id}`, "ok");
+    const what = common.mercure ? `${common.private ? "private " : ""}update` : "event";
+    this.#say(`${verb} ${what}${done === 1 ? "" : "s"} to ${common.topic}${pace}; last ID ${id}`, "ok");
   }
 
   async #sendFile() {
@@ -182,8 +242,8 @@ export class PublishForm {
     if (!file) throw new PublishError("choose a file first");
     const bytes = new Uint8Array(await file.arrayBuffer());
     const data = binaryDataUrl(bytes, file.type, file.name);
-    const id = await publish({ ...common, data });
-    this.#sent(common.topic, id);
+    const id = await common.send({ ...common, data });
+    this.#sent(common, id);
     this.#say(`Sent ${file.name} (${formatBytes(bytes.length)}) to ${common.topic}; ID ${id}`, "ok");
   }
 }

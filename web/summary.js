@@ -141,6 +141,11 @@ export class Summary {
       setText(state, client.state);
       setAttr(state, "class", `state-${client.state}`);
       setText(count, client.count);
+      if (!client.tracksLag) {
+        setText(lag, "—");
+        setAttr(lag, "title", "Mercure IDs are no positions: the lag cannot be told");
+        return;
+      }
       const behind = lagOf(client, this.log);
       setText(lag, behind.events === 0 ? "0" : `${behind.atLeast ? "≥" : ""}${behind.events} events${behind.ms ? ` · ${behind.ms} ms` : ""}`);
       setAttr(lag, "class", behind.events ? "lagging" : "");
