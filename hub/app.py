@@ -26,9 +26,10 @@ from hub.gateway import TRUNCATED_HEADER, Gateway
 from hub.mercure.discovery import MERCURE_PATH, metadata_route
 from hub.mercure.endpoint import MercureEndpoint
 from hub.mercure.gateway import MercureGateway
-from hub.mercure.presence import SUBSCRIPTIONS_PATH, Presence, SubscriptionsEndpoint
+from hub.mercure.presence import SUBSCRIPTIONS_PATH, Presence
 from hub.mercure.publish import PublishEndpoint as MercurePublishEndpoint
 from hub.mercure.subscribe import SubscribeEndpoint
+from hub.mercure.subscriptions_api import SubscriptionsEndpoint
 from hub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hub.publish import EventWriter
 from hub.publish_endpoint import PublishEndpoint
