@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 import redis.asyncio
 
 from hub.config import Settings
 from hub.events import ID_PART_MAX, parse_id
+from hub.mercure.publish import form_fields
 from hub.mercure.record import (
     BEFORE_ALL,
     InvalidUpdate,
@@ -110,3 +112,28 @@ async def test_partition_ids_follow_the_order_updates_are_written_in(
         assert 0 < await client.pttl(f"{stream_key}:id:urn:mine") <= 60_000
     finally:
         await client.aclose()
+
+
+def test_a_publish_form_reads_as_parse_qsl_reads_it() -> None:
+    rng = random.Random(3)
+    alphabet = "ab=&%+ é☕\n/:?#"
+
+    def text(longest: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, longest)))
+
+    for _ in range(5000):
+        pairs = [(text(5), text(8)) for _ in range(rng.randint(0, 4))]
+        body = urlencode(pairs).encode()
+        assert form_fields(body) == parse_qsl(body.decode(), keep_blank_values=True)
+        raw = text(12)  # not encoded at all: stray `%` and `=` too
+        try:
+            expected: object = parse_qsl(raw, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            expected = UnicodeDecodeError
+        try:
+            found: object = form_fields(raw.encode())
+        except UnicodeDecodeError:
+            found = UnicodeDecodeError
+        assert found == expected, raw
+    with pytest.raises(UnicodeDecodeError):
+        form_fields(b"topic=%FF")

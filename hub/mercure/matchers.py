@@ -217,6 +217,9 @@ def in_reserved_namespace(topic: str, base_url: str) -> bool:
     either reading puts in the namespace is in it: a publisher must not be able
     to forge an update that a subscriber's pattern takes for the hub's own.
     """
+    if "well-known" not in topic or "mercure" not in topic:
+        # Neither reading decodes a percent-encoded letter: the words must stand as they are.
+        return False
     try:
         path = urlsplit(urljoin(base_url, topic)).path
     except ValueError:

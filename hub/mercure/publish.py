@@ -12,7 +12,7 @@ or one of `HUB_CORS_ORIGINS`: a cookie goes with any site's form.
 from __future__ import annotations
 
 import secrets
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
@@ -90,10 +90,8 @@ class PublishEndpoint:
 
     def _update(self, body: bytes) -> Update:
         try:
-            fields = parse_qsl(
-                body.decode("utf-8"), keep_blank_values=True, errors="strict", max_num_fields=None
-            )
-        except (UnicodeDecodeError, ValueError):
+            fields = form_fields(body)
+        except UnicodeDecodeError:
             raise BadRequest("the body is not UTF-8 form data") from None
         topics: list[str] = []
         given: dict[str, str] = {}
@@ -165,6 +163,25 @@ class PublishEndpoint:
         if not (text.isascii() and text.isdigit()) or int(text) > RETRY_MAX:
             raise BadRequest(f"retry must be a number of milliseconds, got {text[:20]!r}")
         return int(text)
+
+
+def form_fields(body: bytes) -> list[tuple[str, str]]:
+    """The (name, value) pairs of an `application/x-www-form-urlencoded` body, in order.
+
+    `parse_qsl`'s answer, at a fraction of its cost: most fields need no decoding.
+    `UnicodeDecodeError` when the body, or a percent-encoded field, is not UTF-8.
+    """
+    fields = []
+    for pair in body.decode("utf-8").split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote_plus(name, errors="strict")
+        if "%" in value or "+" in value:
+            value = unquote_plus(value, errors="strict")
+        fields.append((name, value))
+    return fields
 
 
 def _origin(url: str) -> str:
