@@ -85,9 +85,10 @@ class Topic:
     simple: set[ClientConnection] = field(default_factory=set)
     composite: dict[ClientConnection, int] = field(default_factory=dict)
     joining: dict[ClientConnection, Joiner] = field(default_factory=dict)
-    taps: list[Callable[[Event], None]] = field(default_factory=list)
+    taps: list[Callable[[Event, bool], None]] = field(default_factory=list)
     """Listeners that see every event of the topic, in order, malformed ones included
-    (Mercure's sequencer, for its partitions)."""
+    (Mercure's sequencer, for its partitions), and whether it came live from pub/sub
+    (rather than from the stream, catching up)."""
     ready: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -181,7 +182,7 @@ class Fanout:
             topic.waiters -= 1
         return topics
 
-    def tap(self, topic: Topic, listener: Callable[[Event], None]) -> StreamId:
+    def tap(self, topic: Topic, listener: Callable[[Event, bool], None]) -> StreamId:
         """Give `listener` every event of `topic` after its position, which is returned.
 
         The topic is kept subscribed while it has a listener.
@@ -367,17 +368,17 @@ class Fanout:
             # Only tapped (one of Mercure's partitions): its listeners frame what they send.
             topic.position = event.id
             for listener in topic.taps:
-                listener(event)
+                listener(event, True)
         else:
-            self._deliver(topic, Framed.of(event))
+            self._deliver(topic, Framed.of(event), live=True)
 
-    def _deliver(self, topic: Topic, framed: Framed) -> None:
+    def _deliver(self, topic: Topic, framed: Framed, live: bool = False) -> None:
         topic.position = framed.event.id
         frame = framed.frame
         for joiner in topic.joining.values():
             joiner.add(framed)
         for listener in topic.taps:
-            listener(framed.event)
+            listener(framed.event, live)
         if not frame:
             self._skip(topic, framed)
             return

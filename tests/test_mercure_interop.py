@@ -244,6 +244,7 @@ def test_symfony_chromium_and_httpx_sse_through_nginx_with_a_gateway_killed(
             thread.stopped.set()
         nginx.close()
         app_server.shutdown()
+        app_server.server_close()
 
 
 class AppPage(BaseHTTPRequestHandler):

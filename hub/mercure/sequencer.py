@@ -17,6 +17,13 @@ holds it. An update the server writes after that `TIME` gets a larger
 millisecond, so once the partition has delivered up to that tail, every update
 of it before that millisecond is here. Each server's clock counts only for its
 own partitions: clocks that disagree delay updates, they never reorder them.
+
+On one server (not a Cluster) there is a shortcut: pub/sub hands the gateway
+the updates of every partition on one connection, in the order the server wrote
+them, and a later update gets a later ID. So an update that arrives live says
+that every partition that is not catching up has delivered all that sorts
+before it: on one server, updates go as soon as they arrive, and barriers are
+only needed while a partition catches up from its stream.
 A barrier is sent while updates wait, one at a time, two milliseconds apart, to
 the partitions that hold back the first update waiting.
 """
@@ -32,7 +39,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from hub.events import ORIGIN, Event, StreamId, parse_id
-from hub.fanout import Fanout
+from hub.fanout import Fanout, Topic
 from hub.history import History
 from hub.mercure.record import (
     BEFORE_ALL,
@@ -79,6 +86,10 @@ class Sequencer:
         self._watermarks: list[int] = [-1] * partitions
         # A barrier's watermark for a partition that has not yet delivered the tail it saw.
         self._awaited: list[tuple[StreamId, int] | None] = [None] * partitions
+        # The newest ID that arrived live, when every partition comes on one connection.
+        self._one_server = not primaries.topology.sharded
+        self._arrived: StreamId = ORIGIN
+        self._topics: list[Topic] = []
         self._barrier: asyncio.Task[None] | None = None
         self._barrier_due: asyncio.TimerHandle | None = None
         self._started: asyncio.Future[None] | None = None
@@ -112,7 +123,7 @@ class Sequencer:
     async def _start(self) -> None:
         """Tap every partition, find where the order starts, and feed what came between."""
         names = tuple(partition_topic(n) for n in range(self.partitions))
-        topics = await self._fanout.acquire(names)
+        topics = self._topics = await self._fanout.acquire(names)
         attached = []
         for partition, topic in enumerate(topics):
             if not topic.taps:
@@ -142,9 +153,11 @@ class Sequencer:
             if page.complete or not page.events:
                 return
 
-    def _listener(self, partition: int) -> Callable[[Event], None]:
-        def listen(event: Event) -> None:
+    def _listener(self, partition: int) -> Callable[[Event, bool], None]:
+        def listen(event: Event, live: bool) -> None:
             self._delivered[partition] = event.id
+            if live and event.id > self._arrived:
+                self._arrived = event.id
             mark = event.id[0] - 1
             awaited = self._awaited[partition]
             if awaited is not None and event.id >= awaited[0]:
@@ -170,16 +183,23 @@ class Sequencer:
         heapq.heappush(self._held, (pos, stored))
 
     def _releasable(self, pos: Position) -> bool:
-        ms, seq, partition = pos
-        watermarks = self._watermarks
-        if min(watermarks) >= ms:
+        if min(self._watermarks) >= pos[0]:
             return True
-        sid = (ms, seq)
-        delivered = self._delivered
-        for other in range(self.partitions):
-            if other != partition and watermarks[other] < ms and delivered[other] < sid:
-                return False
-        return True
+        return not any(self._holds_back(other, pos) for other in range(self.partitions))
+
+    def _holds_back(self, other: int, pos: Position) -> bool:
+        """Whether partition `other` may still bring an update that sorts before `pos`."""
+        ms, seq, partition = pos
+        return (
+            other != partition
+            and self._watermarks[other] < ms
+            and self._delivered[other] < (ms, seq)
+            and not (
+                self._one_server
+                and self._arrived >= (ms, seq)
+                and self._topics[other].backlog is None
+            )
+        )
 
     def _release(self) -> None:
         if self._feeding:
@@ -200,13 +220,8 @@ class Sequencer:
         """The partitions that hold back the first update waiting: the barrier asks those."""
         if not self._held:
             return []
-        ms, seq, partition = self._held[0][0]
-        sid = (ms, seq)
-        return [
-            other
-            for other in range(self.partitions)
-            if other != partition and self._watermarks[other] < ms and self._delivered[other] < sid
-        ]
+        first = self._held[0][0]
+        return [other for other in range(self.partitions) if self._holds_back(other, first)]
 
     def _send_barrier(self) -> None:
         self._barrier_due = None
