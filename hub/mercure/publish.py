@@ -12,13 +12,14 @@ or one of `HUB_CORS_ORIGINS`: a cookie goes with any site's form.
 from __future__ import annotations
 
 import secrets
-from urllib.parse import unquote_plus, urlsplit
+from collections.abc import Mapping
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from hub.auth import Authority, Forbidden, Grant, Unauthorized, challenge
+from hub.auth import QUERY_NAMES, Authority, Forbidden, Grant, Unauthorized, challenge
 from hub.mercure.discovery import metadata_url
 from hub.mercure.gateway import MercureGateway
 from hub.mercure.matchers import WILDCARD, InvalidTopic, check_topic, in_reserved_namespace
@@ -67,16 +68,21 @@ class PublishEndpoint:
     def _grant(self, request: Request) -> Grant | None:
         """What the request may publish to: None for the fixed token, which may publish anywhere."""
         headers = request.headers
-        token = self.authority.token_of(headers, request.cookies, request.query_params)
+        # Most publishers send the header: then neither the query nor the cookies are parsed.
+        query: Mapping[str, str] = {}
+        cookies: Mapping[str, str] = {}
+        if not headers.get("authorization"):
+            query = request.query_params
+            if not any(name in query for name in QUERY_NAMES):
+                cookies = request.cookies
+        token = self.authority.token_of(headers, cookies, query)
+        from_cookie = bool(cookies) and token is not None
         if token is None:
             raise Unauthorized("a token is required to publish")
         if self._fixed_token and secrets.compare_digest(token.encode(), self._fixed_token):
             return None
         if not self.authority.enabled:
             raise Unauthorized("the token is not valid: set HUB_JWT_KEY or HUB_PUBLISH_TOKEN")
-        from_cookie = not headers.get("authorization") and not any(
-            name in request.query_params for name in ("access_token", "authorization")
-        )
         if from_cookie:
             source = headers.get("origin") or _origin(headers.get("referer", ""))
             if source not in self._origins:
@@ -172,15 +178,15 @@ def form_fields(body: bytes) -> list[tuple[str, str]]:
     `UnicodeDecodeError` when the body, or a percent-encoded field, is not UTF-8.
     """
     fields = []
-    for pair in body.decode("utf-8").split("&"):
+    for pair in body.split(b"&"):
         if not pair:
             continue
-        name, _, value = pair.partition("=")
-        if "%" in name or "+" in name:
-            name = unquote_plus(name, errors="strict")
-        if "%" in value or "+" in value:
-            value = unquote_plus(value, errors="strict")
-        fields.append((name, value))
+        name, _, value = pair.partition(b"=")
+        if b"%" in name or b"+" in name:
+            name = unquote_to_bytes(name.replace(b"+", b" "))
+        if b"%" in value or b"+" in value:
+            value = unquote_to_bytes(value.replace(b"+", b" "))
+        fields.append((name.decode("utf-8"), value.decode("utf-8")))
     return fields
 
 
