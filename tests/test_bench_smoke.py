@@ -8,8 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -170,9 +170,9 @@ def test_load_client_expands_its_path_template_and_keeps_mercure_ids(loadclient:
 
 
 @contextmanager
-def mercure_publish_server(requests: list[tuple[bytes, bytes]]) -> Iterator[int]:
-    """A one-connection stand-in for `POST /.well-known/mercure`: it records each request's
-    head and body and answers, as the hub does, 200 text/plain with the update's ID."""
+def stand_in_server(answer: Callable[[bytes, bytes], bytes]) -> Iterator[int]:
+    """A one-connection HTTP/1.1 server on a free port: each request's head and body go to
+    `answer`, which returns the whole response to send."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -189,13 +189,8 @@ def mercure_publish_server(requests: list[tuple[bytes, bytes]]) -> Iterator[int]
                     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                     if len(rest) < length:
                         break
-                    requests.append((head, rest[:length]))
                     data = rest[length:]
-                    body = b"#1:1700000000000-%d" % len(requests)
-                    conn.sendall(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-                    )
+                    conn.sendall(answer(head, rest[:length]))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -204,6 +199,21 @@ def mercure_publish_server(requests: list[tuple[bytes, bytes]]) -> Iterator[int]
     finally:
         listener.close()
         thread.join(timeout=5)
+
+
+def mercure_publish_server(requests: list[tuple[bytes, bytes]]) -> AbstractContextManager[int]:
+    """A stand-in for `POST /.well-known/mercure`: it records each request's head and body
+    and answers, as the hub does, 200 text/plain with the update's ID."""
+
+    def answer(head: bytes, body: bytes) -> bytes:
+        requests.append((head, body))
+        update_id = b"#1:1700000000000-%d" % len(requests)
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(update_id), update_id)
+        )
+
+    return stand_in_server(answer)
 
 
 def test_publisher_posts_form_encoded_mercure_updates(publisher: Path, tmp_path: Path) -> None:
@@ -253,59 +263,36 @@ def test_publisher_posts_form_encoded_mercure_updates(publisher: Path, tmp_path:
     assert ids.read_text().splitlines() == [f"#1:1700000000000-{n}" for n in (4, 5, 6)]
 
 
-@contextmanager
-def batch_publish_server(requests: list[tuple[bytes, list[dict[str, str]]]]) -> Iterator[int]:
-    """A one-connection stand-in for the hub's batch `POST /publish`: it records each request's
-    headers and events, fails the first event of the first batch, and answers with
-    Content-Length and chunked in turn."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    port = listener.getsockname()[1]
+def batch_publish_server(
+    requests: list[tuple[bytes, list[dict[str, str]]]],
+) -> AbstractContextManager[int]:
+    """A stand-in for the hub's batch `POST /publish`: it records each request's headers and
+    events, fails the first event of the first batch, and answers with Content-Length and
+    chunked in turn."""
 
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            data = b""
-            while chunk := conn.recv(65536):
-                data += chunk
-                while b"\r\n\r\n" in data:
-                    head, _, rest = data.partition(b"\r\n\r\n")
-                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                    if len(rest) < length:
-                        break
-                    events = json.loads(rest[:length])
-                    data = rest[length:]
-                    requests.append((head, events))
-                    failed = 1 if len(requests) == 1 else 0
-                    results: list[dict[str, object]] = [
-                        {"id": f"1-{i}"} for i in range(len(events))
-                    ]
-                    if failed:
-                        results[0] = {"error": "topic refused", "status": 403}
-                    body = json.dumps(
-                        {"published": len(events) - failed, "failed": failed, "results": results}
-                    ).encode()
-                    if len(requests) % 2:
-                        conn.sendall(
-                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-                        )
-                    else:
-                        conn.sendall(
-                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                            + _chunk(body[:7])
-                            + _chunk(body[7:])
-                            + b"0\r\n\r\n"
-                        )
+    def answer(head: bytes, request_body: bytes) -> bytes:
+        events = json.loads(request_body)
+        requests.append((head, events))
+        failed = 1 if len(requests) == 1 else 0
+        results: list[dict[str, object]] = [{"id": f"1-{i}"} for i in range(len(events))]
+        if failed:
+            results[0] = {"error": "topic refused", "status": 403}
+        body = json.dumps(
+            {"published": len(events) - failed, "failed": failed, "results": results}
+        ).encode()
+        if len(requests) % 2:
+            return (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        return (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + _chunk(body[:7])
+            + _chunk(body[7:])
+            + b"0\r\n\r\n"
+        )
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield port
-    finally:
-        listener.close()
-        thread.join(timeout=5)
+    return stand_in_server(answer)
 
 
 def test_publisher_sends_batches_and_counts_their_answers(publisher: Path, tmp_path: Path) -> None:

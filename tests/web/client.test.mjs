@@ -6,37 +6,7 @@ import { afterEach, beforeEach, describe, test } from "node:test";
 
 import { HubClient, RESET_EVENT_TYPE, SHOWN_EVENTS, parseResetNotice } from "../../web/client.js";
 import { formatId } from "../../web/cursor.js";
-
-class FakeEventSource {
-  static CONNECTING = 0;
-  static OPEN = 1;
-  static CLOSED = 2;
-  static made = [];
-
-  constructor(url) {
-    this.url = url;
-    this.readyState = FakeEventSource.CONNECTING;
-    this.listeners = [];
-    FakeEventSource.made.push(this);
-  }
-
-  addEventListener(type, listener) {
-    this.listeners.push([type, listener]);
-  }
-
-  close() {
-    this.readyState = FakeEventSource.CLOSED;
-  }
-
-  /** Dispatches as a browser does: to every listener of the event's type. */
-  emit(type, data, lastEventId = "") {
-    for (const [t, listener] of this.listeners) if (t === type) listener({ type, data, lastEventId });
-  }
-
-  listenerCount(type) {
-    return this.listeners.filter(([t]) => t === type).length;
-  }
-}
+import { FakeEventSource } from "./fake-event-source.mjs";
 
 /** A composite cursor as hub/cursor.py encodes it; positions are [ms, seq] numbers. */
 function composite(positions) {

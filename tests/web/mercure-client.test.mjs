@@ -6,34 +6,7 @@ import { afterEach, beforeEach, describe, test } from "node:test";
 
 import { MercureClient } from "../../web/mercure-client.js";
 import { PublishError, publishMercure } from "../../web/publish.js";
-
-class FakeEventSource {
-  static CLOSED = 2;
-  static made = [];
-
-  constructor(url) {
-    this.url = url;
-    this.readyState = 0;
-    this.listeners = [];
-    FakeEventSource.made.push(this);
-  }
-
-  addEventListener(type, listener) {
-    this.listeners.push([type, listener]);
-  }
-
-  close() {
-    this.readyState = FakeEventSource.CLOSED;
-  }
-
-  emit(type, data, lastEventId = "") {
-    for (const [t, listener] of this.listeners) if (t === type) listener({ type, data, lastEventId });
-  }
-
-  types() {
-    return this.listeners.map(([t]) => t);
-  }
-}
+import { FakeEventSource } from "./fake-event-source.mjs";
 
 const saved = {};
 beforeEach(() => {
