@@ -79,6 +79,7 @@ class PythonSubscriber(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.params, self.headers, self.record = url, params, headers, record
         self.stopped = threading.Event()
+        self.connected = threading.Event()
 
     def run(self) -> None:
         last = ""
@@ -89,6 +90,8 @@ class PythonSubscriber(threading.Thread):
                     with connect_sse(
                         http, "GET", "/.well-known/mercure", params=self.params, headers=headers
                     ) as source:
+                        if source.response.status_code == 200:
+                            self.connected.set()
                         for event in source.iter_sse():
                             if event.data:
                                 self.record.received.append((event.id, event.data))
@@ -111,7 +114,7 @@ def run_publisher(hub_url: str) -> subprocess.Popen[str]:
 
 BROWSER_SUBSCRIBE = """([url, credentials]) => {
     window.received = [];
-    const source = new EventSource(url, { withCredentials: credentials });
+    const source = window.source = new EventSource(url, { withCredentials: credentials });
     source.onmessage = (event) => window.received.push([event.lastEventId, event.data]);
 }"""
 
@@ -200,7 +203,12 @@ def test_symfony_chromium_and_httpx_sse_through_nginx_with_a_gateway_killed(
         ]  # fmt: skip
         for thread in threads:
             thread.start()
-        time.sleep(1.5)  # every stream is open
+        # Every stream is open (a fresh one starts with the updates published after it).
+        deadline = time.monotonic() + 20
+        for thread in threads:
+            assert thread.connected.wait(max(0.0, deadline - time.monotonic()))
+        for page in (same_origin, cross):
+            page.wait_for_function("window.source && window.source.readyState === 1")
         publisher = run_publisher(gateways[2].url)
         time.sleep(UPDATES * INTERVAL_MS / 3000)
         # Kill the gateway that holds the most streams (the publisher's is spared).
