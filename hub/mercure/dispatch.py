@@ -57,9 +57,15 @@ class MercureStream:
             self.readable is not None and self.readable.matches_any(topics)
         )
 
-    def send(self, stored: Stored) -> None:
+    def send(self, stored: Stored) -> bool:
+        """Send an update, unless the stream is already past it: a stream that resumed
+        here from a cursor another gateway reached first sees this gateway release the
+        updates up to its cursor after it went live."""
+        if stored.position <= self.last:
+            return False
         self.last = stored.position
         self.client.push(stored.frame)
+        return True
 
 
 class Dispatcher:
@@ -105,28 +111,26 @@ class Dispatcher:
             members = self._exact.get(topics[0])
             if members:
                 if not stored.update.private:
-                    frame = stored.frame
+                    pos, frame = stored.position, stored.frame
                     for stream in members:
-                        stream.last = stored.position
-                        stream.client.push(frame)
-                    sent += len(members)
+                        if stream.last < pos:  # see `MercureStream.send`
+                            stream.last = pos
+                            stream.client.push(frame)
+                            sent += 1
                 else:
                     for stream in members:
                         if stream.wants(stored):
-                            stream.send(stored)
-                            sent += 1
+                            sent += stream.send(stored)
         else:
             chosen: set[MercureStream] = set()
             for topic in topics:
                 chosen.update(self._exact.get(topic, ()))
             for stream in chosen:
                 if stream.wants(stored):
-                    stream.send(stored)
-                    sent += 1
+                    sent += stream.send(stored)
         for stream in self._broad:
             if stream.wants(stored):
-                stream.send(stored)
-                sent += 1
+                sent += stream.send(stored)
         for stream in self._joining:
             pending = stream.pending
             if pending is None:
