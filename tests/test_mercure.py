@@ -18,8 +18,12 @@ from urllib.parse import urlencode
 import httpx
 import jwt
 import pytest
+import redis.asyncio
 from processes import Gateway, Gateways, RedisServers, wait_until_async
 from sse_client import Listener, Received, ReconnectingListener, connected
+
+from hub.mercure.record import partition_topic
+from hub.topics import Keys
 
 pytestmark = pytest.mark.anyio
 SECRET = "a-test-secret-of-at-least-32-bytes!"
@@ -482,3 +486,22 @@ async def test_a_redis_restart_loses_and_repeats_no_update(
 
 async def _ready(http: httpx.AsyncClient, hub: Gateway) -> bool:
     return (await http.get(f"{hub.url}/readyz")).status_code == 200
+
+
+async def test_a_trimmed_update_still_resumes_after_its_place(
+    gateway: Gateways, redis_url: str, key_prefix: str
+) -> None:
+    """The hub's IDs name a place in the order: when the update itself was trimmed, what
+    is left after it is replayed, and the response says some may be missing."""
+    hub = gateway(ENV)
+    ids = [await publish(hub.url, BOOKS + "1", f"{n}") for n in range(5)]
+    partition, _, entry = ids[1].removeprefix("#").partition(":")
+    stream_key = Keys(key_prefix).stream(partition_topic(int(partition)))
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        assert await client.xdel(stream_key, entry) == 1
+    finally:
+        await client.aclose()
+    resumed = await subscribed(hub.url, [("match", BOOKS + "1")], ids[1])
+    assert resumed.headers is not None and resumed.headers["last-event-id"] == "earliest"
+    assert datas(await received(resumed, 3)) == ["2", "3", "4"]

@@ -153,7 +153,12 @@ class MercureGateway:
             client.end(Ending.DISCONNECTED)
             raise
         if found is None:
-            # Gone from history, or never here: go on from now, and say so.
+            gone = parse_hub_id(last_event_id, self.partitions)
+            if gone is not None:
+                # The hub named it, so its place is known though the update was trimmed:
+                # replay what is left after it, and say that some may be missing.
+                return self._opened(stream, gone, EARLIEST)
+            # A publisher's ID the hub does not know (any more): go on from now, and say so.
             self.dispatcher.go_live(stream)
             stream.last = self.sequencer.released
             return self._opened(stream, None, EARLIEST)
