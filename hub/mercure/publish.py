@@ -82,7 +82,12 @@ class PublishEndpoint:
         if self._fixed_token and secrets.compare_digest(token.encode(), self._fixed_token):
             return None
         if not self.authority.enabled:
-            raise Unauthorized("the token is not valid: set HUB_JWT_KEY or HUB_PUBLISH_TOKEN")
+            off = (
+                ""
+                if self._fixed_token
+                else " (publishing is off: set HUB_JWT_KEY or HUB_PUBLISH_TOKEN)"
+            )
+            raise Unauthorized(f"the token is not valid{off}", "invalid_token")
         if from_cookie:
             source = headers.get("origin") or _origin(headers.get("referer", ""))
             if source not in self._origins:
