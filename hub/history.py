@@ -38,7 +38,7 @@ Entries = list[list[Any]]
 log = logging.getLogger("hub.history")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one page is shared by every reader: its identity counts
 class Page:
     """Events after a cursor, oldest first; `complete` when they reach the stream's end."""
 
@@ -114,7 +114,7 @@ class History:
         if not found:
             return None
         [[raw_id, flat]] = found
-        return Event.from_entry(topic, raw_id, dict(zip(flat[0::2], flat[1::2], strict=True)))
+        return Event.from_entry(topic, raw_id, _fields(flat))
 
     async def page_after(self, topic: str, after: StreamId, not_before: int = 0) -> Page:
         """Up to `page_size` events (and about `page_bytes`) after `after`."""
@@ -150,7 +150,7 @@ class History:
                 await self._read(topic, "XRANGE", start, "+", "COUNT", step),
             )
             for sid, flat in entries:
-                fields = dict(zip(flat[0::2], flat[1::2], strict=True))
+                fields = _fields(flat)
                 event = Event.from_entry(topic, sid, fields)
                 if event.malformed:
                     self.malformed_skipped += 1
@@ -222,3 +222,8 @@ class History:
     def _forget(self, key: tuple[str, StreamId], read: _Read) -> None:
         if self._reads.get(key) is read:
             del self._reads[key]
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """An entry's fields, from the flat list Redis sends: field, value, field, value..."""
+    return dict(zip(flat[0::2], flat[1::2], strict=True))

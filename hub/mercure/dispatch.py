@@ -14,6 +14,7 @@ sequencer had released, and it goes live where the two meet.
 from __future__ import annotations
 
 import heapq
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from hub.auth import Grant
 from hub.client_connection import ClientConnection
 from hub.events import ORIGIN, StreamId
 from hub.fanout import Counters
-from hub.history import History
+from hub.history import History, Page
 from hub.mercure.matchers import TopicFilter
 from hub.mercure.record import (
     InvalidUpdate,
@@ -31,6 +32,7 @@ from hub.mercure.record import (
     partition_topic,
     position,
 )
+from hub.sse import Framed
 
 JOIN_PENDING_LIMIT = 10_000
 """Updates kept for a stream still replaying; past that it reads them from the partitions."""
@@ -151,6 +153,11 @@ class Replayer:
 
     history: History
     partitions: int
+    _read: weakref.WeakKeyDictionary[Page, list[Stored | None]] = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False
+    )
+    """The updates of each history page, read once: after a gateway dies, a thousand
+    streams resume from the same pages."""
 
     async def between(self, start: Position, end: Position) -> AsyncIterator[Stored]:
         """The updates after `start` up to `end`, in order (pages read as they are needed)."""
@@ -177,16 +184,27 @@ class Replayer:
         name = partition_topic(partition)
         while True:
             page = await self.history.page_after(name, after)
-            for framed in page.events:
-                pos = position(partition, framed.event.id)
-                if pos > end:
+            for framed, stored in zip(page.events, self._updates(partition, page), strict=True):
+                if position(partition, framed.event.id) > end:
                     return
                 after = framed.event.id
-                if framed.event.malformed:
-                    continue
-                try:
-                    yield Stored.read(pos, framed.event.data)
-                except InvalidUpdate:
-                    continue
+                if stored is not None:
+                    yield stored
             if page.complete or not page.events:
                 return
+
+    def _updates(self, partition: int, page: Page) -> list[Stored | None]:
+        """Each entry of a page as an update (None for one no publish wrote)."""
+        updates = self._read.get(page)
+        if updates is None:
+            updates = self._read[page] = [_update(partition, framed) for framed in page.events]
+        return updates
+
+
+def _update(partition: int, framed: Framed) -> Stored | None:
+    if framed.event.malformed:
+        return None
+    try:
+        return Stored.read(position(partition, framed.event.id), framed.event.data)
+    except InvalidUpdate:
+        return None
