@@ -91,10 +91,7 @@ class EventsEndpoint:
             token = self.authority.token_of(request.headers, request.cookies, request.query_params)
             grant = self.authority.check_subscribe(topics, token)
             if request.method == "HEAD":
-                await send(
-                    {"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS}
-                )
-                await send({"type": "http.response.body", "body": b""})
+                await start_stream(send, end=True)
                 return None
             opened = await self.gateway.open(topics, after)
         except BadRequest as exc:
@@ -107,15 +104,36 @@ class EventsEndpoint:
             await reply(scope, receive, send, str(exc), 403)
             return None
         except Unavailable as exc:
-            # A browser never retries an EventSource answered with an error status;
-            # an empty stream with a `retry:` hint makes it come back by itself.
-            headers = [*STREAM_HEADERS, (UNAVAILABLE_HEADER.lower().encode(), b"redis")]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            body = sse.comment(f"redis unavailable: {exc}") + sse.retry(self.gateway.retry_hint())
-            await send({"type": "http.response.body", "body": body})
+            await answer_unavailable(send, str(exc), self.gateway.retry_hint())
             return None
-        headers = list(STREAM_HEADERS)
+        extra = []
         if opened.truncated:
-            headers.append((TRUNCATED_HEADER.lower().encode(), ",".join(opened.truncated).encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+            extra.append((TRUNCATED_HEADER.lower().encode(), ",".join(opened.truncated).encode()))
+        await start_stream(send, extra)
         return opened, grant
+
+
+async def start_stream(
+    send: Send, headers: list[tuple[bytes, bytes]] | None = None, end: bool = False
+) -> None:
+    """Start an SSE response with `headers` besides the stream's own; `end` it at once (HEAD)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*STREAM_HEADERS, *headers] if headers else STREAM_HEADERS,
+        }
+    )
+    if end:
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def answer_unavailable(send: Send, reason: str, retry_ms: int) -> None:
+    """The answer to a stream request while Redis is away.
+
+    A browser never retries an EventSource answered with an error status; an
+    empty stream with a `retry:` hint makes it come back by itself.
+    """
+    await start_stream(send, [(UNAVAILABLE_HEADER.lower().encode(), b"redis")])
+    body = sse.comment(f"redis unavailable: {reason}") + sse.retry(retry_ms)
+    await send({"type": "http.response.body", "body": body})

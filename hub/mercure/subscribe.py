@@ -13,9 +13,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from hub import sse
 from hub.auth import Authority, Forbidden, Grant, Unauthorized, challenge
-from hub.events_endpoint import STREAM_HEADERS, UNAVAILABLE_HEADER
+from hub.events_endpoint import answer_unavailable, start_stream
 from hub.fanout import Unavailable
 from hub.mercure.discovery import metadata_url
 from hub.mercure.gateway import MercureGateway, Opening
@@ -68,10 +67,7 @@ class SubscribeEndpoint:
             if grant is None and self.settings.mercure_anonymous == "off":
                 raise Unauthorized("a token is required to subscribe")
             if scope["method"] == "HEAD":
-                await send(
-                    {"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS}
-                )
-                await send({"type": "http.response.body", "body": b""})
+                await start_stream(send, end=True)
                 return None
             opening = await self.mercure.open(TopicFilter(matchers), grant, last_event_id)
         except (InvalidMatcher, BadSubscription) as exc:
@@ -82,17 +78,10 @@ class SubscribeEndpoint:
             await _refuse(scope, send, str(exc), status, challenge(exc, self._metadata))
             return None
         except Unavailable as exc:
-            headers = [*STREAM_HEADERS, (UNAVAILABLE_HEADER.lower().encode(), b"redis")]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            body = sse.comment(f"redis unavailable: {exc}") + sse.retry(
-                self.mercure.gateway.retry_hint()
-            )
-            await send({"type": "http.response.body", "body": body})
+            await answer_unavailable(send, str(exc), self.mercure.gateway.retry_hint())
             return None
-        headers = list(STREAM_HEADERS)
-        if opening.echoed is not None:
-            headers.append((b"last-event-id", opening.echoed.encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        echoed = opening.echoed
+        await start_stream(send, [(b"last-event-id", echoed.encode())] if echoed else None)
         return opening, grant
 
     def _last_event_id(self, request: Request) -> str | None:
