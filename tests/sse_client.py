@@ -337,7 +337,7 @@ def tally(client: ReconnectingListener, acknowledged: Mapping[str, Sequence[str]
     """What one client (of one or several topics) got against what was acknowledged per topic."""
     total = Tally()
     for topic in client.topics:
-        received = [d for d in client.data if topic_of(d) == topic and d != f"{topic}#{SETTLED}"]
+        received = [d for d in client.data if topic_of(d) == topic and d != settled_marker(topic)]
         total += count_events(acknowledged[topic], received)
     return total
 
@@ -363,10 +363,31 @@ async def settle_and_count(
     """
     async with publisher(redis_url, key_prefix) as pub:
         for topic in acknowledged:
-            await pub.publish(topic, f"{topic}#{SETTLED}")
+            await pub.publish(topic, settled_marker(topic))
+    return await count_settled(
+        clients, acknowledged, label, capsys, refused=refused, errors=errors, within=within
+    )
+
+
+def settled_marker(topic: str) -> str:
+    """The last event published on `topic` once its run is over (see settle_and_count)."""
+    return f"{topic}#{SETTLED}"
+
+
+async def count_settled(
+    clients: Sequence[ReconnectingListener],
+    acknowledged: Mapping[str, Sequence[str]],
+    label: str,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    refused: int = 0,
+    errors: Sequence[str] = (),
+    within: float = 60.0,
+) -> Tally:
+    """settle_and_count, once each topic's settled_marker was published by other means."""
 
     def settled(client: ReconnectingListener) -> bool:
-        return all(f"{topic}#{SETTLED}" in client.data for topic in client.topics)
+        return all(settled_marker(topic) in client.data for topic in client.topics)
 
     with contextlib.suppress(WaitTimeout):  # what is missing is counted below
         await wait_until_async(

@@ -9,7 +9,8 @@ from hub.config import settings_table
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 TEST_COMMAND = (
-    "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest"
+    "python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[test]'"
+    " && .venv/bin/python -m pytest"
 )
 
 

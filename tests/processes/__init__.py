@@ -6,6 +6,8 @@
   fixture);
 - nginx, with the deployment's configuration in front of gateways (`Nginx`) or any other
   (`NginxProcess`);
+- the compose topology on a real Docker engine (`ComposeProject`), on base images built
+  from Debian packages (`ensure_standin_images`);
 - `wait_until` / `wait_until_async`: wait for a condition, and on timeout say what was seen.
 
 One package, imported under two names: the tests import it as `processes` (pytest puts
@@ -31,10 +33,12 @@ from .common import (
     stop,
     wait_started,
 )
+from .compose import ComposeProject, Container, require_compose
 from .gateway import Gateway, Gateways, gateway_environment
 from .nginx import NGINX_TEMPLATE, Nginx, NginxProcess, nginx_config
 from .redis_server import SHARED_REDIS_URL, RedisServer, RedisServers, delete_keys, redis_answers
 from .redis_topologies import NODE_TIMEOUT_MS, SERVICE_NAME, ClusterProcesses, SentinelProcesses
+from .standin_images import ensure_standin_images
 from .waiting import WaitTimeout, wait_until, wait_until_async
 
 __all__ = [
@@ -45,6 +49,8 @@ __all__ = [
     "SERVICE_NAME",
     "SHARED_REDIS_URL",
     "ClusterProcesses",
+    "ComposeProject",
+    "Container",
     "Gateway",
     "Gateways",
     "MissingTool",
@@ -57,6 +63,7 @@ __all__ = [
     "SentinelProcesses",
     "WaitTimeout",
     "delete_keys",
+    "ensure_standin_images",
     "free_port",
     "gateway_environment",
     "http_status",
@@ -64,6 +71,7 @@ __all__ = [
     "log_tail",
     "nginx_config",
     "redis_answers",
+    "require_compose",
     "require_tool",
     "running",
     "spawn",

@@ -27,13 +27,22 @@ from .gateway import Gateway
 NGINX_TEMPLATE = REPO_ROOT / "deploy" / "nginx.conf.template"
 
 
-def nginx_config(prefix: Path, listen: str, upstreams: Sequence[str]) -> str:
+def nginx_config(
+    prefix: Path, listen: str, upstreams: Sequence[str], access_log: str = "off"
+) -> str:
     """The deployment's nginx configuration, with this topology's addresses filled in."""
-    # max_fails=0: nginx clears a failed peer only when a request to it ends, and a
-    # stream never ends, so a restarted gateway would stay shunned (502 for everyone).
-    servers = "\n        ".join(f"server {address} max_fails=0;" for address in upstreams)
+    servers = "".join(f"\n        server {address} max_fails=0;" for address in upstreams)
+    # least_conn: streams last, so a new one goes to the gateway holding the fewest (one
+    # just restarted fills up first). max_fails=0: nginx clears a failed peer only when a
+    # request to it ends, and a stream never ends, so a restarted gateway would stay
+    # shunned (502 for everyone).
+    gateways = f"upstream gateways {{\n        least_conn;{servers}\n        keepalive 64;\n    }}"
     return string.Template(NGINX_TEMPLATE.read_text()).safe_substitute(
-        PREFIX=str(prefix), LISTEN=listen, UPSTREAMS=servers
+        PREFIX=str(prefix),
+        LISTEN=listen,
+        GATEWAYS=gateways,
+        UPSTREAM="gateways",
+        ACCESS_LOG=access_log,
     )
 
 
@@ -63,6 +72,7 @@ class NginxProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def logs(self) -> str:
+        # The deployment's configuration logs errors to stderr; others may use a file.
         parts = [self.directory / "error.log"]
         if isinstance(self.output, Path):
             parts.insert(0, self.output)
