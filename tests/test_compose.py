@@ -51,10 +51,15 @@ def stack() -> Iterator[ComposeProject]:
     ensure_standin_images()
     images = time.monotonic() - started
     with ComposeProject({"HUB_PUBLISH_TOKEN": secrets.token_hex(16)}) as project:
-        seconds = project.up("--build")
+        started = time.monotonic()
+        # As a newcomer types it, without --build: the hub's image is built, never pulled.
+        output = project.up()
         print(
-            f"\n[compose] base images ready in {images:.1f} s, `up --build --wait` {seconds:.1f} s"
+            f"\n[compose] base images ready in {images:.1f} s, "
+            f"`up --wait` (building the hub's image) {time.monotonic() - started:.1f} s"
         )
+        said = (output.stdout + output.stderr).lower()
+        assert "pulling" not in said and "pull access denied" not in said, said[-2000:]
         yield project
 
 
@@ -266,7 +271,9 @@ async def test_a_killed_a_stopped_and_a_crashed_gateway_lose_no_event(
     steady.stop()
     await publishing
     await steady.settle_and_count(clients, "compose: docker kill, docker stop, crash", capsys)
-    assert steady.refused == 0, f"{steady.refused} publishes refused ({steady.errors})"
+    # A publish in flight when its gateway is SIGKILLed (twice here) gets a 502 from nginx,
+    # which cannot pass a POST on once it was sent: its publisher sees it, nothing is lost.
+    assert steady.refused <= 2 and steady.errors <= {"502"}, (steady.refused, steady.errors)
     refusals = sum(client.refusals for client in clients)
     assert refusals == 0, f"{refusals} reconnects answered other than 200: a browser gives up"
     assert stack.container(stopped).exit_code == 0, "a stopped gateway exits cleanly"

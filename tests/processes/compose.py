@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -91,11 +90,9 @@ class ComposeProject:
             raise RuntimeError(f"docker {' '.join(arguments)} failed: {result.stderr[-2000:]}")
         return result.stdout
 
-    def up(self, *arguments: str) -> float:
-        """`up -d --wait` (every started service healthy); returns the seconds it took."""
-        started = time.monotonic()
-        self.compose("up", "-d", "--wait", *arguments)
-        return time.monotonic() - started
+    def up(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        """`up -d --wait`: returns once every service started is healthy."""
+        return self.compose("up", "-d", "--wait", *arguments)
 
     def containers(self, service: str | None = None, *, all_states: bool = True) -> list[Container]:
         """The project's containers (of one service), ordered by service and number."""
