@@ -169,11 +169,52 @@ def test_the_page_and_health_answer_through_the_load_balancer_on_loopback_only(
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert httpx.get(f"{stack.url}/healthz").text.strip() == "ok"
     (lb,) = stack.containers("lb")
-    assert stack.published_ports(lb.name) == [("127.0.0.1", str(stack.port))]
+    assert sorted(stack.published_ports(lb.name)) == sorted(
+        [("127.0.0.1", str(stack.port)), ("127.0.0.1", str(stack.tls_port))]
+    )
     (redis,) = stack.containers("redis")
     assert stack.published_ports(redis.name) == [], "Redis must not be published on the host"
     # nginx logs on its output: the requests above are in `docker compose logs lb`.
     wait_until(lambda: "GET /healthz" in stack.logs("lb"), 10.0, "the access log in the lb's logs")
+
+
+async def test_https_serves_streams_over_http2_with_the_development_certificate(
+    stack: ComposeProject, tmp_path: Path
+) -> None:
+    # As the README says: the certificate authority to trust comes out of the tls service.
+    assert "Trust ca.pem" in stack.logs("tls")
+    ca = tmp_path / "ca.pem"
+    stack.compose("cp", "tls:/tls/ca.pem", str(ca))
+    curl = ["curl", "-sS", "--http2", "--cacert", str(ca)]
+    answer = [*curl, "-o", "/dev/null", "-w", "%{http_version} %{http_code}"]
+    version = (
+        await asyncio.to_thread(
+            subprocess.run,
+            [*answer, f"{stack.tls_url}/healthz"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    ).stdout
+    assert version == "2 200"
+    stream = await asyncio.create_subprocess_exec(
+        *curl, "-N", f"{stack.tls_url}/events?topic=over-h2", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert stream.stdout is not None
+        steady = HttpSteadyPublisher(stack.url, token(stack), "over-h2")
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            # The stream is open once the gateway answers with its first bytes.
+            first = await asyncio.wait_for(stream.stdout.readline(), 30)
+            assert first, "the stream over HTTP/2 ended at once"
+            assert await steady.publish(client, "over HTTP/2")
+        lines: list[bytes] = []
+        while b"data: over HTTP/2\n" not in lines:
+            lines.append(await asyncio.wait_for(stream.stdout.readline(), 30))
+    finally:
+        stream.kill()
+        await stream.wait()
 
 
 def test_the_gateways_run_unprivileged_with_the_tested_dependency_versions(
@@ -283,7 +324,7 @@ async def test_a_killed_a_stopped_and_a_crashed_gateway_lose_no_event(
 
 
 async def test_scaling_out_gives_the_new_gateways_new_streams_without_a_restart(
-    stack: ComposeProject,
+    stack: ComposeProject, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (lb,) = stack.containers("lb")
     stack.up("--scale", f"gateway={GATEWAYS + 2}", "--no-recreate")
@@ -300,6 +341,8 @@ async def test_scaling_out_gives_the_new_gateways_new_streams_without_a_restart(
         await client.close()
     new = names[GATEWAYS:]
     gained = {name: after[name] - before[name] for name in names}
+    with capsys.disabled():
+        print(f"\n[compose scale-out] new streams per gateway: {list(gained.values())}")
     assert all(gained[name] > 0 for name in new), f"new streams per gateway: {gained}"
     assert stack.container(lb.name).started_at == lb.started_at, "lb was not restarted"
     stack.up("--scale", f"gateway={GATEWAYS}", "--no-recreate")
@@ -320,7 +363,7 @@ async def test_a_redis_restart_keeps_the_history(stack: ComposeProject) -> None:
 
 
 async def test_the_demo_publisher_ticks_every_second_and_stops_at_once(
-    stack: ComposeProject,
+    stack: ComposeProject, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stack.compose("--profile", "demo", "up", "-d", "publisher")
     listener = ReconnectingListener(stack.url, ["demo"]).start()
@@ -341,6 +384,11 @@ async def test_the_demo_publisher_ticks_every_second_and_stops_at_once(
     stack.compose("--profile", "demo", "stop", "publisher")
     stopped_in = time.monotonic() - started
     (publisher,) = stack.containers("publisher")
+    with capsys.disabled():
+        print(
+            f"\n[compose demo] seconds between ticks: {', '.join(f'{g:.3f}' for g in gaps)}; "
+            f"stopped in {stopped_in:.2f} s, exit code {publisher.exit_code}"
+        )
     assert stopped_in < 2.0, f"the demo publisher took {stopped_in:.1f} s to stop"
     assert publisher.exit_code != 137, "killed after the stop timeout, not stopped by SIGTERM"
 

@@ -58,9 +58,12 @@ class ComposeProject:
         self.name = f"ssehubtest{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.tls_port = free_port()
+        self.tls_url = f"https://localhost:{self.tls_port}"
         self.environment = {
             **os.environ,
             "HUB_LB_PORT": str(self.port),
+            "HUB_LB_TLS_PORT": str(self.tls_port),
             **(settings or {}),
         }
 

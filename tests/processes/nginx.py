@@ -1,5 +1,6 @@
 """nginx in the foreground with a private prefix: the deployment's configuration in front of
-gateways (`Nginx`), or any configuration (`NginxProcess`, which the benchmark uses)."""
+gateways (`Nginx`, also over TLS and HTTP/2), or any configuration (`NginxProcess`, which the
+benchmark uses)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from hub.devcert import DevCertificate, ensure_certificate
 
 from .common import (
     REPO_ROOT,
@@ -27,10 +30,21 @@ from .gateway import Gateway
 NGINX_TEMPLATE = REPO_ROOT / "deploy" / "nginx.conf.template"
 
 
+def tls_listener(listen: str, certificate: Path, key: Path) -> str:
+    """The template's `${TLS}`: a TLS listener speaking HTTP/2, in the form nginx 1.22 takes
+    (`http2` on the listen line; from 1.25.1 the separate `http2 on;` is preferred)."""
+    return (
+        f"listen {listen} ssl http2;\n"
+        f"        ssl_certificate {certificate};\n"
+        f"        ssl_certificate_key {key};"
+    )
+
+
 def nginx_config(
-    prefix: Path, listen: str, upstreams: Sequence[str], access_log: str = "off"
+    prefix: Path, listen: str, upstreams: Sequence[str], access_log: str = "off", tls: str = ""
 ) -> str:
-    """The deployment's nginx configuration, with this topology's addresses filled in."""
+    """The deployment's nginx configuration, with this topology's addresses filled in, and
+    `tls` (see tls_listener) for a TLS listener beside the plain one."""
     servers = "".join(f"\n        server {address} max_fails=0;" for address in upstreams)
     # least_conn: streams last, so a new one goes to the gateway holding the fewest (one
     # just restarted fills up first). max_fails=0: nginx clears a failed peer only when a
@@ -43,6 +57,7 @@ def nginx_config(
         GATEWAYS=gateways,
         UPSTREAM="gateways",
         ACCESS_LOG=access_log,
+        TLS=tls,
     )
 
 
@@ -127,10 +142,45 @@ class Nginx(NginxProcess):
     """The deployment's nginx (deploy/nginx.conf.template) in front of `upstreams`.
 
     Ready once /healthz answers through it, that is once a gateway answers behind it.
+    With `tls`, it also serves HTTPS with HTTP/2 on a second port (`tls_url`), with the
+    certificate hub.devcert makes in `certificates` (`directory`/tls by default), or keeps
+    there: for 127.0.0.1 and localhost, signed by `ca` (a client trusts it with
+    `--cacert`, `verify=`).
     """
 
-    def __init__(self, directory: Path, upstreams: Sequence[Gateway]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        upstreams: Sequence[Gateway],
+        *,
+        tls: bool = False,
+        certificates: Path | None = None,
+    ) -> None:
         port = free_port()
         addresses = [f"127.0.0.1:{gateway.port}" for gateway in upstreams]
-        config = nginx_config(directory, f"127.0.0.1:{port}", addresses)
+        self.certificate: DevCertificate | None = None
+        self.tls_port: int | None = None
+        listener = ""
+        if tls:
+            self.certificate = ensure_certificate(certificates or directory / "tls")
+            self.tls_port = free_port()
+            while self.tls_port == port:
+                self.tls_port = free_port()
+            listener = tls_listener(
+                f"127.0.0.1:{self.tls_port}", self.certificate.certificate, self.certificate.key
+            )
+        config = nginx_config(directory, f"127.0.0.1:{port}", addresses, tls=listener)
         super().__init__(directory, config, port, "/healthz")
+
+    @property
+    def tls_url(self) -> str:
+        if self.tls_port is None:
+            raise RuntimeError("this nginx serves no TLS: make it with tls=True")
+        return f"https://127.0.0.1:{self.tls_port}"
+
+    @property
+    def ca(self) -> Path:
+        """The authority a client trusts to verify `tls_url`."""
+        if self.certificate is None:
+            raise RuntimeError("this nginx serves no TLS: make it with tls=True")
+        return self.certificate.ca

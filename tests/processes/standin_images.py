@@ -38,7 +38,7 @@ class StandIn:
 STAND_INS = (
     StandIn("python:3.11-slim", "python.Dockerfile", "bookworm"),
     StandIn("redis:7-alpine", "redis.Dockerfile", "bookworm"),
-    StandIn("nginx:1.27-alpine", "nginx.Dockerfile", "bookworm"),
+    StandIn("nginx:1.27-alpine", "nginx.Dockerfile", "sid"),
 )
 
 
