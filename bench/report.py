@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lb_report import lb_section
 from measure import HTTP_BATCH
 from scenarios import MERCURE_COMPARED, NATIVE_HTTP_COUNTERPARTS
 from systems import LABELS
@@ -836,6 +837,7 @@ def write_markdown(path: Path, rows: list[Row], meta: dict[str, Any], chart: Pat
     mercure = mercure_table(rows)
     if len(mercure) > 2:
         out += ["## Mercure face against native", "", *MERCURE_INTRO, "", *mercure, ""]
+    out += lb_section(rows)
     profiles = [r for r in rows if r.get("profile") and "self_top" in r["profile"]]
     if profiles:
         out += ["## Profile of the hub's gateway (py-spy, self time)", ""]

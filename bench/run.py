@@ -4,10 +4,13 @@
     python bench/run.py --quick              # a smoke run: a tenth of the clients, 2 s each
     python bench/run.py --systems hub,nchan --scenarios fanout-1k-1000 --profile fanout-1k-1000
     python bench/run.py --systems hub,hub-mercure --scenarios fanout-1k-1000,fanout-1k-1000-http,sparse-http
+    python bench/run.py --scenarios lb-protocols   # only what TLS and HTTP/2 cost nginx
 
 A full run writes bench/RESULTS.md and bench/chart.png; a --quick run, or one that picks
 systems or scenarios, writes them to bench/out/ unless --results-dir says otherwise. The
-figures of every measurement also go to <out>/results.json.
+figures of every measurement also go to <out>/results.json. The scenario `lb-protocols` is
+bench/lb_protocols.py (nginx's CPU per delivery over plain HTTP/1.1, TLS and HTTP/2): it runs
+when no --scenarios are given or when it is named, whatever --systems says.
 """
 
 from __future__ import annotations
@@ -19,10 +22,17 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from h2load import version as h2load_version
+from lb_measure import Plan as LbPlan
+from lb_protocols import QUICK as LB_QUICK
+from lb_protocols import SCENARIO as LB_SCENARIO
+from lb_protocols import TOOLS as LB_TOOLS
+from lb_protocols import measure_protocols
 from measure import Options, measure
 from native import BenchError, build
 from report import command_line, load_average, machine, versions, write_chart, write_markdown
@@ -150,18 +160,23 @@ def main(argv: list[str]) -> int:
     all_scenarios = default_scenarios(args.duration)
     systems = _names(args.systems, list(SYSTEMS), "system")
     chosen = (
-        _names(args.scenarios, [s.name for s in all_scenarios], "scenario")
+        _names(args.scenarios, [s.name for s in all_scenarios] + [LB_SCENARIO], "scenario")
         if args.scenarios
         else []
     )
     scenarios = [s for s in all_scenarios if not chosen or s.name in chosen]
     if args.quick:
         scenarios = [quick(s) for s in scenarios]
-    missing = sorted({tool for s in systems for tool in NEEDS[s] if shutil.which(tool) is None})
+    lb_plan = None
+    if not chosen or LB_SCENARIO in chosen:
+        lb_plan = LB_QUICK if args.quick else LbPlan()
+    needs = {tool for s in systems for tool in NEEDS[s]} if scenarios else set()
+    needs |= set(LB_TOOLS) if lb_plan else set()
+    missing = sorted(tool for tool in needs if shutil.which(tool) is None)
     if missing:
         print(
             f"run.py: missing {', '.join(missing)} (Debian: redis-server, nginx-light, "
-            "libnginx-mod-nchan)",
+            "libnginx-mod-nchan, nghttp2-client)",
             file=sys.stderr,
         )
         return 2
@@ -199,6 +214,8 @@ def main(argv: list[str]) -> int:
                 row = measure(scenario, system, redis, opts, run_id)
                 rows.append(row)
                 print(summary_line(row), file=sys.stderr, flush=True)
+        if lb_plan is not None:
+            rows += measure_protocols(lb_plan, redis, args.out, run_id)
     meta = {
         "command": command_line(),
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -213,6 +230,9 @@ def main(argv: list[str]) -> int:
         "coalesce_us": args.coalesce_us,
         "threads": args.threads,
     }
+    if lb_plan is not None:
+        meta["versions"]["h2load"] = h2load_version(shutil.which("h2load") or "h2load")
+        meta["lb_plan"] = asdict(lb_plan)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     write_report(results_dir, rows, meta)
     return 0

@@ -35,7 +35,7 @@ from .common import (
 )
 from .compose import ComposeProject, Container, require_compose
 from .gateway import Gateway, Gateways, gateway_environment
-from .nginx import NGINX_TEMPLATE, Nginx, NginxProcess, nginx_config
+from .nginx import NGINX_TEMPLATE, Nginx, NginxProcess, nginx_config, tls_listener
 from .redis_server import SHARED_REDIS_URL, RedisServer, RedisServers, delete_keys, redis_answers
 from .redis_topologies import NODE_TIMEOUT_MS, SERVICE_NAME, ClusterProcesses, SentinelProcesses
 from .standin_images import ensure_standin_images
@@ -76,6 +76,7 @@ __all__ = [
     "running",
     "spawn",
     "stop",
+    "tls_listener",
     "wait_started",
     "wait_until",
     "wait_until_async",
