@@ -6,13 +6,20 @@ person would; it never reaches into the page's JavaScript.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import pytest
+import redis
 from playwright.sync_api import (
     Browser,
     Locator,
@@ -24,6 +31,9 @@ from playwright.sync_api import (
     sync_playwright,
 )
 from processes import REPO_ROOT, Gateway, require_tool
+
+from hub.config import Settings
+from publisher import Publisher
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -146,6 +156,84 @@ def publish_numbered(
     return run_cli(["lines", topic, "--print-ids"], redis_url, key_prefix, stdin=lines, env=env)
 
 
+class SteadyPublisher:
+    """Publishes numbered events at a steady rate from a thread, from `data(n)` for n = 1, 2, …
+    (by default `{"seq": n}`, as a page's panels check them); remembers what Redis
+    acknowledged, and what it refused (the publisher sees that: never a silent loss)."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        key_prefix: str,
+        topic: str,
+        rate: float,
+        data: Callable[[int], str] = lambda n: json.dumps({"seq": n}),
+    ) -> None:
+        self.topic = topic
+        self.rate = rate
+        self.refused: list[str] = []
+        self._data = data
+        self._published: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._publisher = Publisher(Settings(redis_url=redis_url, key_prefix=key_prefix))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def publish(self, data: str) -> str:
+        """One event now; its data once acknowledged."""
+        try:
+            event_id = self._publisher.publish(self.topic, data)
+        except (redis.RedisError, OSError) as exc:
+            self.refused.append(f"{data}: {exc!r}")
+            raise
+        with self._lock:
+            self._published.append((event_id, data))
+        return data
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        for n in itertools.count(1):
+            self.publish(self._data(n))
+            if self._stop.wait(max(0.0, started + n / self.rate - time.monotonic())):
+                return
+
+    @property
+    def ids(self) -> list[str]:
+        """The IDs of the events acknowledged so far, in order."""
+        with self._lock:
+            return [event_id for event_id, _ in self._published]
+
+    @property
+    def acknowledged(self) -> list[str]:
+        """The data of the events acknowledged so far, in order."""
+        with self._lock:
+            return [data for _, data in self._published]
+
+    def seq_of(self, event_id: str) -> int:
+        return self.ids.index(event_id) + 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(PUBLISH_TIMEOUT_S)
+        assert not self._thread.is_alive(), "the publisher did not stop"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._thread.is_alive():
+            self.stop()
+        self._publisher.close()
+
+
 def ready_gateway(gateway: Gateway) -> Gateway:
     """Waits until the gateway also has Redis and its subscription (the page connects at once)."""
     return gateway.wait_healthy(path="/readyz")
@@ -165,6 +253,12 @@ class HubPage:
 
     def open(self, query: str = "") -> HubPage:
         self.page.goto(f"{self.base_url}/{query}")
+        expect(self.page).to_have_title("SSE hub · live clients")
+        return self
+
+    def reload(self) -> HubPage:
+        """As a person reloads: the page goes without a word and makes its panels again."""
+        self.page.reload()
         expect(self.page).to_have_title("SSE hub · live clients")
         return self
 

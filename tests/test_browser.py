@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import httpx
 from browser import (  # noqa: F401 (fixtures)
     PHONE,
     HubPage,
+    SteadyPublisher,
     browser,
     page,
     parse_id,
@@ -31,6 +33,16 @@ from hub import cursor
 TOPIC = "demo"
 """The page's default topic; each test's gateway has its own key prefix, so topics never mix."""
 CLIENTS = 5
+SHOWN = 50
+"""How many of its latest events a panel lists."""
+RELOADS = 4
+RELOAD_RATE = 8.0
+"""Events per second while the page reloads: slow enough that a panel still lists every event
+of its page's life (fewer than SHOWN) when the test looks, a second or so after a reload."""
+LOOK_AFTER = 5
+"""Events each panel shows in a page's life before the test looks at them."""
+RESUMED = re.compile(r"^resumed after (\S+) \(from before the reload\)$")
+NEW_EVENTS_ONLY = "new events only"
 
 
 def open_page(page: Page, gateway: Gateways) -> HubPage:
@@ -110,6 +122,101 @@ def test_a_client_resumes_from_its_cursor_without_duplicates(
         assert_in_order(hub, index, 120)
     expect(hub.summary("total-delivered")).to_have_text(str(120 * CLIENTS))
     hub.screenshot(tmp_path / "resumed.png")
+
+
+def listed_since_load(hub: HubPage, index: int, after: int, at_least: int = LOOK_AFTER) -> int:
+    """Once the panel shows `at_least` events, every event it was handed since the page
+    (re)loaded is listed: the ones right after seq `after`, in order, none flagged.
+    Returns the newest one's seq."""
+    expect(hub.shown_events(index).nth(at_least - 1)).to_be_attached()
+    seqs = hub.shown_seqs(index)
+    assert len(seqs) < SHOWN, f"panel {index}: too many events to see this page's first one"
+    assert seqs == list(range(after + len(seqs), after, -1)), (index, after, seqs)
+    expect(hub.panel(index).get_by_test_id("health")).to_have_text("✓ in order")
+    return seqs[0]
+
+
+def resumed_after(hub: HubPage, steady: SteadyPublisher) -> list[int]:
+    """The seq of the event after which each panel says it resumed."""
+    starts = hub.in_panels("start")
+    expect(starts).to_have_text([RESUMED] * 3)
+    seqs = []
+    for text in starts.all_inner_texts():
+        found = RESUMED.fullmatch(text)
+        assert found is not None, text
+        seqs.append(steady.seq_of(found.group(1)))
+    return seqs
+
+
+def test_each_panel_resumes_after_a_reload_where_it_left_off(
+    page: Page, gateway: Gateways, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    """Reloads while events keep coming: each page's panels list what the panels before the
+    reload had not, from the very next event on. (Events that arrive between the test's
+    last look and the reload are not seen by the test: the cursor may be a little further.)"""
+    hub = open_page(page, gateway)
+    expect(hub.in_panels("start")).to_have_text([NEW_EVENTS_ONLY] * 3)
+    with SteadyPublisher(redis_url, key_prefix, TOPIC, RELOAD_RATE) as steady:
+        # The panels' streams are open: from here on, nothing can be missed.
+        steady.start()
+        after = [0] * 3
+        for _ in range(RELOADS):
+            seen = [listed_since_load(hub, index, after[index]) for index in range(3)]
+            hub.reload()
+            after = resumed_after(hub, steady)
+            assert all(a >= s for a, s in zip(after, seen, strict=True)), (after, seen)
+        for index in range(3):
+            listed_since_load(hub, index, after[index])
+        steady.stop()
+
+    hub.expect_open(3)
+    hub.expect_all("last-id", steady.ids[-1], 3)
+    newest = [listed_since_load(hub, index, after[index], at_least=1) for index in range(3)]
+    assert newest == [len(steady.ids)] * 3
+    hub.expect_all("gaps", "0", 3)
+    hub.expect_all("dupes", "0", 3)
+    expect(hub.summary("lag")).to_have_text(["0"] * 3)
+    hub.screenshot(tmp_path / "after-reloads.png")
+
+
+def test_start_fresh_and_removing_a_panel_forget_its_cursor(
+    page: Page, gateway: Gateways, redis_url: str, key_prefix: str
+) -> None:
+    hub = open_page(page, gateway)
+    ids = publish_numbered(redis_url, key_prefix, TOPIC, 1, 3)
+    hub.expect_all("count", "3", 3)
+    hub.panel(0).get_by_test_id("fresh").click()
+    expect(hub.panel(0).get_by_test_id("count")).to_have_text("0")
+    expect(hub.panel(0).get_by_test_id("start")).to_have_text(NEW_EVENTS_ONLY)
+    hub.panel(2).get_by_test_id("remove").click()
+    expect(hub.panels).to_have_count(2)
+
+    # The page makes its three panels again; only the one left as it was resumes.
+    hub.reload()
+    resumed = f"resumed after {ids[-1]} (from before the reload)"
+    expect(hub.in_panels("start")).to_have_text([NEW_EVENTS_ONLY, resumed, NEW_EVENTS_ONLY])
+    hub.expect_open(3)
+    publish_numbered(redis_url, key_prefix, TOPIC, 4, 5)
+    hub.expect_all("count", "2", 3)
+    hub.expect_all("gaps", "0", 3)
+
+    # Another tab of the page keeps cursors of its own.
+    other = HubPage(page.context.new_page(), hub.base_url).open()
+    expect(other.in_panels("start")).to_have_text([NEW_EVENTS_ONLY] * 3)
+    other.page.close()
+
+
+def test_the_page_warns_of_the_browsers_connection_limit_over_http_1_1(
+    page: Page, gateway: Gateways
+) -> None:
+    hub = HubPage(page, ready_gateway(gateway()).url).open("?clients=5")
+    note = page.get_by_test_id("connection-note")
+    expect(hub.panels).to_have_count(5)
+    expect(note).to_be_hidden()
+    hub.add_client(TOPIC)
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("at most 6 connections")
+    expect(note).to_contain_text("Over HTTPS with HTTP/2 there is no such limit")
 
 
 def test_a_binary_event_downloads_byte_exact(

@@ -16,7 +16,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,8 +27,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import jwt
 import pytest
-import redis
-from browser import WAIT_MS, browser, publish_numbered, ready_gateway  # noqa: F401 (fixture)
+from browser import (  # noqa: F401 (fixture)
+    WAIT_MS,
+    SteadyPublisher,
+    browser,
+    publish_numbered,
+    ready_gateway,
+)
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 from processes import REPO_ROOT, Gateway, Gateways, Nginx, RedisServers, free_port, wait_until
 from sse_client import ids_increase, metric, stream_entries
@@ -42,6 +47,13 @@ SECRET = "a-test-secret-of-at-least-32-bytes!"
 TOKEN_SECONDS = 3.0
 RETRYING_IN = re.compile(r"retrying in ([0-9.]+) s$")
 WAIT_S = WAIT_MS / 1000
+FEED_RATE = 40.0
+PRIVATE_RATE = 30.0
+
+
+def numbered(topic: str) -> Callable[[int], str]:
+    """Event n's data: `<topic>#<n>`."""
+    return lambda n: f"{topic}#{n}"
 
 
 def mint(ttl: float, subscribe: str = "private/*") -> str:
@@ -177,59 +189,6 @@ class App:
         return cast(list[dict[str, Any]], self.page.evaluate("window.appStates"))
 
 
-class SteadyPublisher:
-    """Publishes `<topic>#<n>` at a steady rate from a thread; keeps what Redis acknowledged."""
-
-    def __init__(self, redis_url: str, key_prefix: str, topic: str, rate: float = 40.0) -> None:
-        self.topic = topic
-        self.rate = rate
-        self.acknowledged: list[str] = []
-        self.refused: list[str] = []
-        self._publisher = Publisher(Settings(redis_url=redis_url, key_prefix=key_prefix))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._numbers = itertools.count(1)
-
-    def publish(self, data: str | None = None) -> str:
-        """One event now, numbered unless `data` is given; its data once acknowledged."""
-        data = data or f"{self.topic}#{next(self._numbers)}"
-        try:
-            self._publisher.publish(self.topic, data)
-        except (redis.RedisError, OSError) as exc:
-            self.refused.append(f"{data}: {exc!r}")  # seen by the publisher: never a silent loss
-            raise
-        self.acknowledged.append(data)
-        return data
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        for n in itertools.count(1):
-            self.publish()
-            if self._stop.wait(max(0.0, started + n / self.rate - time.monotonic())):
-                return
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        assert not self._thread.is_alive(), "the publisher did not stop"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._thread.is_alive():
-            self.stop()
-        self._publisher.close()
-
-
 def publish(redis_url: str, key_prefix: str, topic: str, data: list[str]) -> list[str]:
     """Publishes each of `data` to `topic`, in order; returns them once all are acknowledged."""
     with Publisher(Settings(redis_url=redis_url, key_prefix=key_prefix)) as hub:
@@ -281,7 +240,7 @@ def test_reloads_and_a_killed_gateway_hand_every_event_over_exactly_once(
     gateways = [ready_gateway(g) for g in gateway.many(3, env)]
     with (
         Nginx(tmp_path / "nginx", gateways) as nginx,
-        SteadyPublisher(redis_url, key_prefix, "feed") as steady,
+        SteadyPublisher(redis_url, key_prefix, "feed", FEED_RATE, numbered("feed")) as steady,
     ):
         url = app_server.page_url(nginx.url, "feed")
         first = App.open(context, url)
@@ -407,7 +366,9 @@ def test_a_token_that_expires_mid_stream_is_renewed_and_nothing_is_missed(
     fixed = App.open(context, fixed_url)
     for app in (renewed, fixed):
         expect(app.shown("state")).to_have_text("open")
-    with SteadyPublisher(redis_url, key_prefix, "private/feed", rate=30) as steady:
+    with SteadyPublisher(
+        redis_url, key_prefix, "private/feed", PRIVATE_RATE, numbered("private/feed")
+    ) as steady:
         steady.start()
         renewed.wait_logged(5)
         # A second token, and events after it: the stream outlived the first one.

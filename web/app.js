@@ -1,7 +1,8 @@
 // The page: clients (native or Mercure) added and removed, the publish form,
 // the summary and the Mercure presence view.
 // Query parameters: ?topic=NAME (default topic), ?clients=N (how many to start
-// with, 3 by default), ?types=a,b (named event types to listen for).
+// with, 3 by default), ?types=a,b (named event types to listen for). A reload
+// makes the same native panels again, and each resumes after its last event.
 
 import { HubClient } from "./client.js";
 import { parseId } from "./cursor.js";
@@ -18,9 +19,16 @@ const MAX_CLIENTS = 50;
 const DEFAULT_TOPIC = "demo";
 const DEFAULT_CLIENTS = 3;
 // Browsers' limit of HTTP/1.1 connections to one host; each EventSource holds one.
+// HTTP/2 and HTTP/3 carry every stream over one connection: no such limit.
 const BROWSER_CONNECTIONS = 6;
+const MULTIPLEXED = new Set(["h2", "h3"]);
 // IDs of the private updates this page published, remembered for marking them in panels.
 const PRIVATE_IDS = 1_000;
+
+/** Whether this page came over HTTP/2 or 3, as the hub's streams then do. */
+function multiplexed() {
+  return MULTIPLEXED.has(performance.getEntriesByType?.("navigation")[0]?.nextHopProtocol);
+}
 
 function words(text) {
   return text.split(/[\s,]+/).filter(Boolean);
@@ -148,7 +156,7 @@ class App {
     const n = this.#clients.length;
     setText(this.clientCount, `${n} client${n === 1 ? "" : "s"}`);
     const streams = n + (this.presence?.connected ? 1 : 0);
-    this.connectionNote.hidden = streams <= BROWSER_CONNECTIONS - 1 || location.protocol !== "http:";
+    this.connectionNote.hidden = streams <= BROWSER_CONNECTIONS - 1 || multiplexed();
     this.scheduler.mark(this.summary);
   }
 

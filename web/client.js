@@ -1,67 +1,70 @@
-// One subscriber: its own EventSource, its counters and the events not yet shown.
-// This is the hub's native API; mercure-client.js changes only what differs
-// for a Mercure subscriber (its URL, and that its IDs name no topic).
+// One panel's subscriber. Subscriber: its counters, delivery checks and the
+// events not yet shown, whatever its stream. HubClient: the hub's native API
+// through HubStream (sse-hub.js), the client applications use, so the page shows
+// what an application gets. mercure-client.js is the other kind of Subscriber.
 
 import { canonicalTopics, compareIds, decodeCursor } from "./cursor.js";
 import { describeData } from "./eventdata.js";
 import { DeliveryCheck } from "./sequence.js";
+import { HubStream, parseResetNotice as readResetNotice } from "./sse-hub.js";
 
 export const SHOWN_EVENTS = 50;
 export const RESET_EVENT_TYPE = "stream-reset";
+/** Where native panels keep their cursors: with the panel's number and topics, which a reload recreates. */
+export const CURSOR_KEY_PREFIX = "sse-hub-page:";
 const MAX_WARNINGS = 3;
-const REASON_CHARS = 300;
-// Delays before the page itself reconnects after a failure EventSource does not retry.
-const RETRY_DELAYS_MS = [1_000, 2_000, 5_000, 10_000];
 
-/**
- * The `stream-reset` notice's JSON (hub/sse.py, reset_notice) as
- * `{topic, reason, firstKept}`; what cannot be read is shown with defaults.
- */
-export function parseResetNotice(data) {
-  let notice = {};
-  try {
-    notice = JSON.parse(data) ?? {};
-  } catch {
-    // Shown with what is known.
-  }
-  return {
-    topic: String(notice.topic ?? "?"),
-    reason: String(notice.reason ?? "history truncated"),
-    firstKept: String(notice.first_kept ?? ""),
-  };
+/** A stream-reset notice as the panel shows it; what the notice does not say gets a default. */
+export function resetWarning({ topic, reason, firstKept } = {}) {
+  return { topic: String(topic || "?"), reason: String(reason || "history truncated"), firstKept: String(firstKept ?? "") };
 }
 
-export class HubClient {
-  #source = null;
-  #retryTimer = null;
-  #failures = 0;
+/** The `stream-reset` notice's JSON (hub/sse.py, reset_notice) as the panel shows it. */
+export function parseResetNotice(data) {
+  return resetWarning(readResetNotice(data));
+}
+
+/**
+ * The tab's sessionStorage: it outlives a reload but not the tab, and each tab
+ * has its own, so two tabs of the page never resume from each other's cursors.
+ */
+function tabStorage() {
+  try {
+    const storage = globalThis.sessionStorage;
+    storage.setItem(CURSOR_KEY_PREFIX, "");
+    storage.removeItem(CURSOR_KEY_PREFIX);
+    return storage;
+  } catch {
+    // Forbidden storage: cursors last as long as the page, which still resumes exactly.
+    const items = new Map();
+    return { getItem: (key) => items.get(key) ?? null, setItem: (key, value) => items.set(key, String(value)), removeItem: (key) => items.delete(key) };
+  }
+}
+
+export class Subscriber {
   #onChange;
   #onEvent;
   #newestId;
 
   /**
-   * onChange(): something to show changed. onEvent(topic, id): an event arrived.
+   * onChange(): something to show changed. onEvent(topic, id): an event of a topic arrived.
    * newestId(topic): the newest event ID known on the page, the start of lag.
    */
-  constructor({ id, topics, types, onChange, onEvent, newestId }) {
+  constructor({ id, topics = [], types = [], onChange, onEvent = () => {}, newestId = () => null }) {
     this.id = id;
-    this.name = `Client ${id}`;
     this.topics = canonicalTopics(topics);
     this.types = new Set(types);
+    this.types.delete("message");
     this.#onChange = onChange;
     this.#onEvent = onEvent;
     this.#newestId = newestId;
-    /** The type of the hub's stream-reset notices; null where there are none. */
-    this.mode = "native";
-    this.resetType = RESET_EVENT_TYPE;
-    /** Whether the summary can tell how far behind the client is (native IDs are positions). */
-    this.tracksLag = true;
     this.state = "closed";
     this.note = "";
-    this.#clear();
+    this.clear();
   }
 
-  #clear() {
+  /** Starts over: counters, checks and the list to show. */
+  clear() {
     this.count = 0;
     this.lastEventId = "";
     this.check = new DeliveryCheck();
@@ -78,115 +81,42 @@ export class HubClient {
     return [{ label: this.topics.length > 1 ? "topics" : "topic", values: this.topics }];
   }
 
-  url(cursor) {
-    const params = new URLSearchParams();
-    for (const topic of this.topics) params.append("topic", topic);
-    if (cursor) params.set("last_event_id", cursor);
-    return `events?${params}`;
-  }
-
-  connect(cursor = "") {
-    this.#close();
-    const url = this.url(cursor);
-    const source = new EventSource(url);
-    this.#source = source;
-    this.#set("connecting", cursor ? `resuming after ${cursor}` : "new events only");
-    source.addEventListener("open", () => {
-      if (source !== this.#source) return;
-      this.opened += 1;
-      this.#failures = 0;
-      this.#set("open", "");
-    });
-    source.addEventListener("error", () => {
-      if (source !== this.#source) return;
-      if (source.readyState === EventSource.CLOSED) {
-        this.#set("closed", "the stream failed");
-        this.#explain(url, source);
-      } else {
-        this.#set("reconnecting", "connection lost; the browser reconnects by itself");
-      }
-    });
-    // A Set: a second listener for a type would hand each of its events over twice.
-    for (const type of new Set(["message", this.resetType, ...this.types])) if (type) this.#listen(source, type);
-  }
-
-  disconnect() {
-    this.#close();
-    this.#set("closed", "disconnected");
-  }
-
-  /** A new connection that resumes after the last event this client saw. */
-  resume() {
-    this.connect(this.lastEventId);
-  }
-
-  /** Starts over: counters and list cleared, new events only. */
-  fresh() {
-    this.#close();
-    this.#clear();
-    this.connect("");
-  }
-
-  /** Also receive events of this type (EventSource hands named types only to their listeners). */
-  listen(type) {
-    if (!type || type === "message" || type === this.resetType || this.types.has(type)) return;
-    this.types.add(type);
-    if (this.#source) this.#listen(this.#source, type);
-  }
-
-  dispose() {
-    this.#close();
-  }
-
   takePending() {
     const pending = this.pending;
     this.pending = [];
     return pending;
   }
 
-  #close() {
-    clearTimeout(this.#retryTimer);
-    this.#retryTimer = null;
-    if (this.#source) this.#source.close();
-    this.#source = null;
-  }
-
-  #set(state, note) {
+  setState(state, note) {
+    if (state === "open") this.opened += 1;
     this.state = state;
     this.note = note;
     this.#onChange();
   }
 
-  #listen(source, type) {
-    source.addEventListener(type, (event) => {
-      if (source !== this.#source) return;
-      if (type === this.resetType) this.#reset(event);
-      else this.#receive(type, event);
-      this.#onChange();
-    });
+  receive(type, id, text) {
+    const where = this.locate(id);
+    const data = describeData(text);
+    const flag = this.check.observe({ topic: where.topic, redelivered: where.redelivered, seq: data.seq, run: data.run });
+    this.count += 1;
+    if (id) this.lastEventId = id;
+    if (where.topic && where.id && !where.redelivered) this.#onEvent(where.topic, where.id);
+    this.#show({ kind: "event", id, type, topic: where.topic, data, flag, at: new Date() });
+    this.#onChange();
+  }
+
+  /** Events after the cursor are gone: `notice` is `{topic, reason, firstKept}`. */
+  warn(notice) {
+    const warning = { ...resetWarning(notice), at: new Date() };
+    this.warnings.unshift(warning);
+    this.warnings.length = Math.min(this.warnings.length, MAX_WARNINGS);
+    this.#show({ kind: "reset", id: "", warning, at: warning.at });
+    this.#onChange();
   }
 
   #show(record) {
     this.pending.push(record);
     if (this.pending.length > SHOWN_EVENTS) this.pending.shift();
-  }
-
-  #receive(type, event) {
-    const where = this.locate(event.lastEventId);
-    const data = describeData(event.data);
-    const flag = this.check.observe({ topic: where.topic, redelivered: where.redelivered, seq: data.seq, run: data.run });
-    this.count += 1;
-    if (event.lastEventId) this.lastEventId = event.lastEventId;
-    if (where.topic && where.id && !where.redelivered) this.#onEvent(where.topic, where.id);
-    this.#show({ kind: "event", id: event.lastEventId, type, topic: where.topic, data, flag, at: new Date() });
-  }
-
-  #reset(event) {
-    const warning = { ...parseResetNotice(event.data), at: new Date() };
-    this.warnings.unshift(warning);
-    this.warnings.length = Math.min(this.warnings.length, MAX_WARNINGS);
-    if (event.lastEventId) this.lastEventId = event.lastEventId;
-    this.#show({ kind: "reset", id: event.lastEventId, warning, at: warning.at });
   }
 
   /**
@@ -210,40 +140,98 @@ export class HubClient {
     const index = advanced.reduce((best, i) => (compareIds(positions[i], positions[best]) > 0 ? i : best));
     return { topic: this.topics[index], id: positions[index], redelivered: false };
   }
+}
+
+export class HubClient extends Subscriber {
+  #url;
+  #storage;
+  #key;
+  #stream = null;
 
   /**
-   * EventSource gives up for good on any answer but a 200 stream, and says
-   * nothing of why: ask the hub once. A 4xx is final (a bad topic or cursor);
-   * anything else (a 5xx from the hub or a proxy, no answer) is retried here,
-   * resuming from the cursor, as EventSource would have done.
+   * url: the hub's /events, relative to the page. storage: where the cursor
+   * outlives a reload (the tab's sessionStorage unless given).
    */
-  async #explain(url, source) {
-    const abort = new AbortController();
-    let why = "the hub cannot be reached";
-    try {
-      const response = await fetch(url, { headers: { Accept: "text/event-stream" }, signal: abort.signal });
-      if (!response.ok) {
-        const reason = (await response.text()).trim().slice(0, REASON_CHARS);
-        why = `HTTP ${response.status}${reason ? `: ${reason}` : ""}`;
-        if (response.status < 500) {
-          if (source === this.#source) this.#set("closed", why);
-          return;
-        }
-      } else {
-        why = "the stream failed";
-      }
-    } catch {
-      // No answer: retried below.
-    } finally {
-      abort.abort();
+  constructor({ url = "events", storage = tabStorage(), ...options }) {
+    super(options);
+    this.name = `Client ${this.id}`;
+    this.mode = "native";
+    /** The summary can tell how far behind the client is: native IDs are positions. */
+    this.tracksLag = true;
+    this.types.delete(RESET_EVENT_TYPE); // HubStream reads those notices as gaps
+    this.#url = url;
+    this.#storage = storage;
+    this.#key = `${CURSOR_KEY_PREFIX}${this.id}:${this.topics.join(" ")}`;
+    /** Where the panel's first stream started: after a cursor from before the reload, or at new events. */
+    this.start = "";
+  }
+
+  /** The first connection: after the cursor a previous page left under this panel's key, if any. */
+  connect() {
+    const stream = this.#open();
+    if (!stream.resumed) {
+      this.start = "new events only";
+      return;
     }
-    if (source !== this.#source) return;
-    const delay = RETRY_DELAYS_MS[Math.min(this.#failures, RETRY_DELAYS_MS.length - 1)];
-    this.#failures += 1;
-    this.#set("reconnecting", `${why}; retrying in ${delay / 1000} s`);
-    this.#retryTimer = setTimeout(() => {
-      this.#retryTimer = null;
-      if (source === this.#source) this.resume();
-    }, delay);
+    this.start = `resumed after ${stream.cursor} (from before the reload)`;
+    this.lastEventId = stream.cursor;
+    decodeCursor(stream.cursor, this.topics.length).forEach((position, i) => this.positions.set(this.topics[i], position));
+  }
+
+  disconnect() {
+    this.#stop();
+    this.setState("closed", "disconnected");
+  }
+
+  /** A new connection that resumes after the last event this client handed over. */
+  resume() {
+    this.#open();
+  }
+
+  /** Starts over: cursor forgotten, counters and list cleared, new events only. */
+  fresh() {
+    this.#stop();
+    this.#forget();
+    this.clear();
+    this.start = "new events only";
+    this.#open();
+  }
+
+  /** Also receive events of this type: a stream's types are fixed, so a new stream resumes after the cursor. */
+  listen(type) {
+    if (!type || type === "message" || type === RESET_EVENT_TYPE || this.types.has(type)) return;
+    this.types.add(type);
+    if (this.#stream && this.#stream.state !== "closed") this.#open();
+  }
+
+  /** The panel is gone: so is its cursor. */
+  dispose() {
+    this.#stop();
+    this.#forget();
+  }
+
+  #open() {
+    this.#stop();
+    const stream = new HubStream(this.#url, { topics: this.topics, types: [...this.types], storage: this.#storage, key: this.#key });
+    this.#stream = stream;
+    const on = (type, handle) => stream.addEventListener(type, ({ detail }) => stream === this.#stream && handle(detail));
+    on("state", ({ state, reason }) => this.setState(state, reason));
+    on("event", ({ id, type, data }) => this.receive(type, id, data));
+    on("gap", (notice) => this.warn(notice));
+    return stream;
+  }
+
+  #stop() {
+    const stream = this.#stream;
+    this.#stream = null;
+    stream?.close();
+  }
+
+  #forget() {
+    try {
+      this.#storage.removeItem(this.#key);
+    } catch {
+      // Forbidden storage held nothing.
+    }
   }
 }

@@ -56,6 +56,12 @@ function scopeLine(client) {
   return h("p", { class: "topics", "data-testid": "topics" }, ...parts);
 }
 
+// Whether a native panel's stream picked up where the page before the reload left off.
+function startLine(client) {
+  if (client.mode !== "native") return null;
+  return h("p", { class: "start muted", "data-testid": "start" });
+}
+
 function accessLine(client) {
   if (client.mode !== "mercure") return null;
   const text = client.token
@@ -115,6 +121,7 @@ export class ClientPanel {
     this.state = h("span", { class: "badge", "data-testid": "state" });
     this.health = h("span", { class: "health", "data-testid": "health" });
     this.note = h("p", { class: "note", "data-testid": "note" });
+    this.start = startLine(client);
     this.warnings = h("div", { class: "warnings", "data-testid": "warnings" });
     this.list = h("ol", { class: "events", "data-testid": "events", "aria-label": `Latest events of ${client.name}` });
     this.buttons = {
@@ -133,6 +140,7 @@ export class ClientPanel {
         h("button", { type: "button", class: "remove", "data-testid": "remove", "aria-label": `Remove ${client.name}`, title: "Remove", onclick: onRemove, text: "✕" }),
       ),
       scopeLine(client),
+      this.start,
       accessLine(client),
       h(
         "dl",
@@ -172,6 +180,7 @@ export class ClientPanel {
     setAttr(this.health, "class", `health ${issues.length ? "bad" : c.count ? "good" : ""}`);
     const opened = c.opened > 1 ? `connected ${c.opened}×` : "";
     setText(this.note, [c.note, opened].filter(Boolean).join(" · "));
+    if (this.start) setText(this.start, c.start);
     this.buttons.disconnect.disabled = c.state === "closed";
     this.buttons.resume.disabled = !c.lastEventId;
     this.#renderWarnings();

@@ -7,6 +7,16 @@ import { canonicalTopics, compareIds, decodeCursor } from "./cursor.js";
 const AWAY = "unavailable";
 const refusal = (status) => status >= 400 && status < 500;
 
+/** The stream-reset notice's JSON as {topic, reason, firstKept}; "" for what it does not say. */
+export function parseResetNotice(data) {
+  let notice;
+  try {
+    notice = JSON.parse(data);
+  } catch {}
+  const { topic = "", reason = "", first_kept: firstKept = "" } = notice instanceof Object ? notice : {};
+  return { topic: String(topic ?? ""), reason: String(reason ?? ""), firstKept: String(firstKept ?? "") };
+}
+
 export class HubStream extends EventTarget {
   #url; #topics; #types; #storage; #key; #tokens; #token; #credentials; #source; #timer;
   #failures = 0;
@@ -36,6 +46,14 @@ export class HubStream extends EventTarget {
 
   close() {
     this.#end("closed by the application");
+  }
+
+  /** Closes the stream and drops its stored cursor: the next one starts with new events. */
+  forget() {
+    this.close();
+    try {
+      this.#storage?.removeItem(this.#key);
+    } catch {}
   }
 
   #emit(type, detail) {
@@ -102,12 +120,7 @@ export class HubStream extends EventTarget {
     });
     listen("stream-reset", ({ data }) => {
       quiet = false;
-      let notice;
-      try {
-        notice = JSON.parse(data);
-      } catch {}
-      const { topic = "", reason = "", first_kept: firstKept = "" } = notice ?? {};
-      this.#emit("gap", { topic, reason, firstKept });
+      this.#emit("gap", parseResetNotice(data));
     });
     for (const type of this.#types) {
       listen(type, ({ lastEventId: id, data }) => {

@@ -62,6 +62,24 @@ describe("MercureClient", () => {
     assert.equal(url.searchParams.get("lastEventID"), "urn:next");
   });
 
+  test("a refused subscription is final and says why; a failing hub is retried after the last update", async () => {
+    const answers = [new Response("bad matcher\n", { status: 400 }), new Response("bad gateway", { status: 502 })];
+    globalThis.fetch = async () => answers.shift();
+    const giveUp = async (source) => {
+      source.readyState = FakeEventSource.CLOSED;
+      source.emit("error");
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    };
+    const refused = mercureClient();
+    await giveUp(refused.source);
+    assert.deepEqual([refused.client.state, refused.client.note], ["closed", "HTTP 400: bad matcher"]);
+    const failing = mercureClient();
+    failing.source.emit("message", "x", "urn:1");
+    await giveUp(failing.source);
+    assert.deepEqual([failing.client.state, failing.client.note], ["reconnecting", "HTTP 502: bad gateway; retrying in 1 s"]);
+    failing.client.dispose(); // no retry left behind
+  });
+
   test("has no lag to tell", () => {
     assert.equal(mercureClient().client.tracksLag, false);
   });

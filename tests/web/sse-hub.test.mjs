@@ -6,25 +6,10 @@ import assert from "node:assert/strict";
 import { afterEach, beforeEach, describe, test } from "node:test";
 
 import { HubStream } from "../../web/sse-hub.js";
+import { MemoryStorage, composite } from "./doubles.mjs";
 import { FakeEventSource } from "./fake-event-source.mjs";
 
 const HUB = "https://hub.test/events";
-
-/** A composite cursor as hub/cursor.py encodes it; positions are [ms, seq] numbers. */
-function composite(positions) {
-  const base = Math.max(...positions.map(([ms]) => ms));
-  return [base.toString(36), ...positions.map(([ms, seq]) => (base - ms).toString(36) + (seq ? `-${seq.toString(36)}` : ""))].join(".");
-}
-
-class MemoryStorage {
-  items = new Map();
-  getItem(key) {
-    return this.items.get(key) ?? null;
-  }
-  setItem(key, value) {
-    this.items.set(key, String(value));
-  }
-}
 
 let saved;
 let timers; // {fn, ms, cleared}
@@ -138,6 +123,22 @@ describe("starting", () => {
     source().emit("message", "x", "1-0");
     assert.equal(stream.cursor, "1-0");
     assert.throws(() => new HubStream(HUB, { topics: [] }), TypeError);
+  });
+});
+
+describe("forgetting", () => {
+  test("forget() closes the stream and drops its cursor: the next stream starts with new events", async () => {
+    const storage = new MemoryStorage();
+    const { stream, source } = await open({ storage });
+    source().emit("open");
+    source().emit("message", "x", "7-0");
+    assert.equal(storage.getItem("sse-hub:t"), "7-0");
+    stream.forget();
+    assert.equal(stream.state, "closed");
+    assert.equal(storage.getItem("sse-hub:t"), null);
+    const next = new HubStream(HUB, { topics: ["t"], storage });
+    assert.equal(next.resumed, false);
+    next.close();
   });
 });
 
