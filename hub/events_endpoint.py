@@ -21,6 +21,7 @@ from hub.request_limits import ClientSlots, OverLimit, reply
 from hub.topics import InvalidTopic, check_topic
 
 UNAVAILABLE_HEADER = "Hub-Unavailable"
+UNAVAILABLE = (UNAVAILABLE_HEADER.lower().encode(), b"redis")
 STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -91,7 +92,11 @@ class EventsEndpoint:
             token = self.authority.token_of(request.headers, request.cookies, request.query_params)
             grant = self.authority.check_subscribe(topics, token)
             if request.method == "HEAD":
-                await start_stream(send, end=True)
+                # The headers a GET would get, without a stream: a client may ask whether
+                # the hub's Redis is there before it opens one (the subscription's state,
+                # not a Redis round trip, so the answer never waits on a dead Redis).
+                away = [] if self.gateway.subscribed else [UNAVAILABLE]
+                await start_stream(send, away, end=True)
                 return None
             opened = await self.gateway.open(topics, after)
         except BadRequest as exc:
@@ -134,6 +139,6 @@ async def answer_unavailable(send: Send, reason: str, retry_ms: int) -> None:
     A browser never retries an EventSource answered with an error status; an
     empty stream with a `retry:` hint makes it come back by itself.
     """
-    await start_stream(send, [(UNAVAILABLE_HEADER.lower().encode(), b"redis")])
+    await start_stream(send, [UNAVAILABLE])
     body = sse.comment(f"redis unavailable: {reason}") + sse.retry(retry_ms)
     await send({"type": "http.response.body", "body": body})

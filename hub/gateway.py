@@ -119,9 +119,14 @@ class Gateway:
         await self.fanout.__aexit__(*exc_info)
         await self.primaries.__aexit__(*exc_info)
 
+    @property
+    def subscribed(self) -> bool:
+        """Whether the gateway's Redis subscription is up (no round trip to Redis)."""
+        return self.fanout.subscription.connected
+
     async def ready(self) -> str | None:
         """None when this gateway can serve streams, else why not."""
-        if not self.fanout.subscription.connected:
+        if not self.subscribed:
             return "redis subscription is down"
         try:
             await self.primaries.ping()

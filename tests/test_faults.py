@@ -273,6 +273,9 @@ async def test_a_gateway_starts_without_redis_and_serves_once_it_answers(
             early.headers
         )
         assert "retry:" in early.text, f"a browser is told to come back: {early.text!r}"
+        # HEAD says the same at once, without waiting on Redis.
+        asked = await http.head("/events", params={"topic": "faults"})
+        assert asked.headers.get("hub-unavailable") == "redis", asked.headers
         await asyncio.to_thread(server.start)
         await wait_until_async(
             lambda: readyz_is(http, hub, 200),
@@ -280,6 +283,9 @@ async def test_a_gateway_starts_without_redis_and_serves_once_it_answers(
             "readyz to say 200 once Redis answers",
             observe=hub.log_tail,
         )
+    async with httpx.AsyncClient(base_url=hub.url, timeout=10) as http:
+        asked = await http.head("/events", params={"topic": "faults"})
+        assert asked.status_code == 200 and "hub-unavailable" not in asked.headers, asked.headers
     [client] = await connect_clients(hub.url, 1)
     steady = SteadyPublisher(server.url, key_prefix)
     await steady.run(20)
