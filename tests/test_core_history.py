@@ -20,6 +20,8 @@ import hub.history
 from hub import topology
 from hub.events import ORIGIN, StreamId
 from hub.history import FIRST_STEP, History, Page
+from hub.mercure.dispatch import Replayer
+from hub.mercure.record import Update, partition_topic, position
 from hub.topics import Keys
 
 pytestmark = pytest.mark.anyio
@@ -245,3 +247,25 @@ async def test_a_failed_tail_read_fails_only_its_callers_and_the_next_one_reads_
             await asyncio.gather(history.tail("news"), history.tail("sports"))
         assert primaries.fail == 0
         assert await history.tail("news") == sent[-1].id
+
+
+async def test_a_mercure_replay_reads_past_a_complete_page_read_before_its_end(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A dead gateway's streams resume on another: a stream that resumes once an update
+    was released must not be served a shared page read before that update was written
+    (complete then, short now), or it never gets the update."""
+    topic = partition_topic(0)
+    async with reading(redis_url, key_prefix) as (history, writer, _):
+        replayer = Replayer(history, 1)
+        first = await writer.publish(topic, Update(("a",), "first").envelope())
+        before = await history.page_after(topic, first.id)  # another stream's replay
+        assert before.complete and before.events == []
+        second = await writer.publish(topic, Update(("a",), "second").envelope())
+        start, end = position(0, first.id), position(0, second.id)
+        # Without a ticket from after the release, the shared page is the stale one.
+        stale = [s async for s in replayer.between(start, end, 0)]
+        assert stale == [], "the shared page is the stale one this test guards against"
+        # A ticket taken once the update was released asks for a read started later.
+        replayed = [s async for s in replayer.between(start, end, history.ticket())]
+        assert [s.update.data for s in replayed] == ["second"]

@@ -159,9 +159,13 @@ class Replayer:
     """The updates of each history page, read once: after a gateway dies, a thousand
     streams resume from the same pages."""
 
-    async def between(self, start: Position, end: Position) -> AsyncIterator[Stored]:
-        """The updates after `start` up to `end`, in order (pages read as they are needed)."""
-        cursors = [self._iterate(p, after_in_partition(start, p) or ORIGIN, end)
+    async def between(
+        self, start: Position, end: Position, not_before: int
+    ) -> AsyncIterator[Stored]:
+        """The updates after `start` up to `end`, in order (pages read as they are needed),
+        from reads started after history ticket `not_before`: a page another stream read
+        before `end` was released may end before updates up to it, and still say complete."""
+        cursors = [self._iterate(p, after_in_partition(start, p) or ORIGIN, end, not_before)
                    for p in range(self.partitions)]  # fmt: skip
         heads: list[tuple[Position, int, Stored]] = []
         for partition, cursor in enumerate(cursors):
@@ -179,11 +183,11 @@ class Replayer:
                 heapq.heapreplace(heads, (following.position, partition, following))
 
     async def _iterate(
-        self, partition: int, after: StreamId, end: Position
+        self, partition: int, after: StreamId, end: Position, not_before: int
     ) -> AsyncIterator[Stored]:
         name = partition_topic(partition)
         while True:
-            page = await self.history.page_after(name, after)
+            page = await self.history.page_after(name, after, not_before=not_before)
             for framed, stored in zip(page.events, self._updates(partition, page), strict=True):
                 if position(partition, framed.event.id) > end:
                     return

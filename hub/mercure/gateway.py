@@ -74,6 +74,7 @@ class MercureGateway:
         self.replayer = Replayer(gateway.history, self.partitions)
         self._alias_ms = self.settings.retention_seconds * 1000 or ALIAS_MS_WITHOUT_AGE_BOUND
         self._streams: dict[ClientConnection, MercureStream] = {}
+        self._released_ticket: tuple[Position, int] = (BEFORE_ALL, 0)
         self.on_open: list[Callable[[MercureStream], None]] = []
         self.on_close: list[Callable[[MercureStream], None]] = []
         gateway.closing.append(self.sequencer.stop)
@@ -198,7 +199,7 @@ class MercureGateway:
         try:
             while not client.ended:
                 end = self.sequencer.released
-                async for stored in self.replayer.between(stream.last, end):
+                async for stored in self.replayer.between(stream.last, end, self._read_after(end)):
                     if client.ended:
                         return
                     if stream.wants(stored):
@@ -216,6 +217,14 @@ class MercureGateway:
             self.dispatcher.go_live(stream)
         except (RedisError, OSError):
             client.end(Ending.SHUTDOWN)
+
+    def _read_after(self, released: Position) -> int:
+        """A history ticket taken once `released` was released: reads started after it hold
+        every update up to it. One ticket per position, so the streams that resume together
+        (a dead gateway's) still share their reads."""
+        if self._released_ticket[0] != released:
+            self._released_ticket = (released, self.gateway.history.ticket())
+        return self._released_ticket[1]
 
     def _closed(self, client: ClientConnection, ending: Ending) -> None:
         stream = self._streams.pop(client, None)

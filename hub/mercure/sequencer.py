@@ -131,20 +131,22 @@ class Sequencer:
                 self._delivered[partition] = at
                 self._watermarks[partition] = at[0] - 1
             attached.append(self._delivered[partition])
+        # Reads from now on hold every update up to what the taps had delivered.
+        fresh = self._history.ticket()
         # Every update at or before the barriers' first millisecond is in the streams.
         clocks = await self._run_barrier()
         self.released = mark(min(clocks) - 1, self.partitions)
         # Updates after the start that reached a stream before its tap: read them.
         for partition in range(self.partitions):
             after = after_in_partition(self.released, partition) or ORIGIN
-            await self._feed(partition, after, attached[partition])
+            await self._feed(partition, after, attached[partition], fresh)
         self._feeding = False
         self._release()
 
-    async def _feed(self, partition: int, after: StreamId, until: StreamId) -> None:
+    async def _feed(self, partition: int, after: StreamId, until: StreamId, fresh: int) -> None:
         name = partition_topic(partition)
         while after < until:
-            page = await self._history.page_after(name, after)
+            page = await self._history.page_after(name, after, not_before=fresh)
             for framed in page.events:
                 if framed.event.id > until:
                     return
