@@ -6,10 +6,10 @@
 import { canonicalTopics, compareIds, decodeCursor } from "./cursor.js";
 import { describeData } from "./eventdata.js";
 import { DeliveryCheck } from "./sequence.js";
-import { HubStream, parseResetNotice as readResetNotice } from "./sse-hub.js";
+import { HubStream, RESET_EVENT_TYPE } from "./sse-hub.js";
 
 export const SHOWN_EVENTS = 50;
-export const RESET_EVENT_TYPE = "stream-reset";
+export { RESET_EVENT_TYPE };
 /** Where native panels keep their cursors: with the panel's number and topics, which a reload recreates. */
 export const CURSOR_KEY_PREFIX = "sse-hub-page:";
 const MAX_WARNINGS = 3;
@@ -17,11 +17,6 @@ const MAX_WARNINGS = 3;
 /** A stream-reset notice as the panel shows it; what the notice does not say gets a default. */
 export function resetWarning({ topic, reason, firstKept } = {}) {
   return { topic: String(topic || "?"), reason: String(reason || "history truncated"), firstKept: String(firstKept ?? "") };
-}
-
-/** The `stream-reset` notice's JSON (hub/sse.py, reset_notice) as the panel shows it. */
-export function parseResetNotice(data) {
-  return resetWarning(readResetNotice(data));
 }
 
 /**

@@ -7,6 +7,9 @@ import { canonicalTopics, compareIds, decodeCursor } from "./cursor.js";
 const AWAY = "unavailable";
 const refusal = (status) => status >= 400 && status < 500;
 
+/** The event type of the hub's notice that history after a cursor was trimmed (hub/sse.py). */
+export const RESET_EVENT_TYPE = "stream-reset";
+
 /** The stream-reset notice's JSON as {topic, reason, firstKept}; "" for what it does not say. */
 export function parseResetNotice(data) {
   let notice;
@@ -118,7 +121,7 @@ export class HubStream extends EventTarget {
       const stop = answer && (gaveUp || answer.status === AWAY || refusal(answer.status));
       if (stop && source === this.#source) this.#handle(answer, opened);
     });
-    listen("stream-reset", ({ data }) => {
+    listen(RESET_EVENT_TYPE, ({ data }) => {
       quiet = false;
       this.#emit("gap", parseResetNotice(data));
     });

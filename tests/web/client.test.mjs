@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, describe, test } from "node:test";
 
-import { CURSOR_KEY_PREFIX, HubClient, RESET_EVENT_TYPE, SHOWN_EVENTS, parseResetNotice } from "../../web/client.js";
+import { CURSOR_KEY_PREFIX, HubClient, RESET_EVENT_TYPE, SHOWN_EVENTS, resetWarning } from "../../web/client.js";
+import { parseResetNotice as readResetNotice } from "../../web/sse-hub.js";
 import { formatId } from "../../web/cursor.js";
 import { MemoryStorage, composite } from "./doubles.mjs";
 import { FakeEventSource } from "./fake-event-source.mjs";
@@ -43,7 +44,10 @@ afterEach(() => {
   Object.assign(globalThis, saved);
 });
 
-describe("parseResetNotice", () => {
+/** A notice's data as the panel shows it: read by the client, then given the panel's defaults. */
+const parseResetNotice = (data) => resetWarning(readResetNotice(data));
+
+describe("a stream-reset notice on a panel", () => {
   test("reads the hub's notice", () => {
     assert.deepEqual(parseResetNotice('{"topic":"news","reason":"history-truncated","first_kept":"1700000000000-0"}'), {
       topic: "news",

@@ -6,7 +6,7 @@
 // canonical: [[str]], dataUrls: [str], binary: [[base64, mediaType, name]],
 // resetNotices: [str]}; each key is optional.
 
-import { RESET_EVENT_TYPE, parseResetNotice } from "../../web/client.js";
+import { RESET_EVENT_TYPE, parseResetNotice } from "../../web/sse-hub.js";
 import { ID_PART_MAX, MAX_CURSOR_LENGTH, canonicalTopics, decodeCursor, parseId } from "../../web/cursor.js";
 import { BINARY_MEDIA_TYPE, binaryDataUrl, parseDataUrl } from "../../web/eventdata.js";
 import { RESERVED_EVENT_TYPES, RESERVED_EVENT_TYPE_PREFIX, TOPIC, eventTypeProblem } from "../../web/publish.js";
