@@ -22,6 +22,7 @@ export function parseResetNotice(data) {
 
 export class HubStream extends EventTarget {
   #url; #topics; #types; #storage; #key; #tokens; #token; #credentials; #source; #timer;
+  #at = null; // the cursor, decoded
   #failures = 0;
   #run = 0;
   state = "connecting"; // it does once the caller's listeners are on
@@ -42,7 +43,8 @@ export class HubStream extends EventTarget {
       this.#storage = storage === undefined ? globalThis.localStorage : storage;
       const stored = this.#storage?.getItem(this.#key);
       // Not a cursor of these topics: the hub would refuse it (400).
-      if (decodeCursor(stored, this.#topics.length)) [this.cursor, this.resumed] = [stored, true];
+      this.#at = decodeCursor(stored, this.#topics.length);
+      if (this.#at) [this.cursor, this.resumed] = [stored, true];
     } catch {} // forbidden storage: a fresh start
     queueMicrotask(() => this.#run === 0 && this.#connect(typeof token === "function")); // unless closed
   }
@@ -128,12 +130,13 @@ export class HubStream extends EventTarget {
     for (const type of this.#types) {
       listen(type, ({ lastEventId: id, data }) => {
         quiet = false;
-        if (!this.#isNew(id)) return;
+        const at = id ? decodeCursor(id, this.#topics.length) : null;
+        if (!this.#isNew(id, at)) return;
         this.#failures = 0;
         this.#emit("event", { id, type, data });
         if (!id) return;
         // In the task that handed it over: no reload can come in between.
-        this.cursor = id;
+        [this.cursor, this.#at] = [id, at];
         try {
           this.#storage?.setItem(this.#key, id);
         } catch {} // full storage: this page still resumes, from memory
@@ -141,12 +144,12 @@ export class HubStream extends EventTarget {
     }
   }
 
-  // Stream IDs compare as integers; a composite is new if it moves any topic on.
-  #isNew(id) {
+  // Stream IDs compare as integers; a composite is new if it moves any topic on. `at` is
+  // `id` decoded, compared with the cursor decoded when it was stored (once per event).
+  #isNew(id, at) {
     if (!id || !this.cursor) return true;
-    const [next, last] = [id, this.cursor].map((c) => decodeCursor(c, this.#topics.length));
-    if (!next || !last) return id !== this.cursor;
-    return next.some((p, i) => compareIds(p, last[i]) > 0);
+    if (!at || !this.#at) return id !== this.cursor;
+    return at.some((p, i) => compareIds(p, this.#at[i]) > 0);
   }
 
   #handle({ status, reason }, opened) {
